@@ -1,0 +1,145 @@
+"""Table models: rows only, no behaviour. Timestamps are timezone-aware UTC on every backend."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlmodel import Field, SQLModel
+
+
+class UTCDateTime(sa.types.TypeDecorator[datetime]):
+    """SQLite drops tzinfo; this puts UTC back so comparisons never mix naive and aware."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+JSONDocument = sa.JSON().with_variant(JSONB(), "postgresql")
+
+
+def _utc_column(*, nullable: bool = False, index: bool = False) -> Any:
+    return Field(sa_type=UTCDateTime, nullable=nullable, index=index)
+
+
+class SessionRow(SQLModel, table=True):
+    __tablename__ = "sessions"
+
+    id: str = Field(primary_key=True, max_length=80)
+    user_id: str = Field(index=True, max_length=200)
+    state: str = Field(max_length=20)
+    timeout_policy: str = Field(max_length=40)
+    timeout_seconds: int
+    meta: dict[str, Any] = Field(default_factory=dict, sa_type=JSONDocument)
+    thread_id: str | None = Field(default=None, max_length=80)
+    created_at: datetime = _utc_column()
+    last_activity_at: datetime = _utc_column()
+    expires_at: datetime = _utc_column(index=True)
+    resumed_at: datetime | None = _utc_column(nullable=True)
+    ended_at: datetime | None = _utc_column(nullable=True)
+    resume_count: int = 0
+    turn_count: int = 0
+    version: int = 1
+
+
+class ThreadRow(SQLModel, table=True):
+    __tablename__ = "threads"
+    __table_args__ = (sa.Index("ix_threads_user_id_id", "user_id", "id"),)
+
+    id: str = Field(primary_key=True, max_length=80)
+    user_id: str = Field(max_length=200)
+    title: str | None = Field(default=None, max_length=500)
+    meta: dict[str, Any] = Field(default_factory=dict, sa_type=JSONDocument)
+    # idle | running; `active_run_id` names the run holding the thread.
+    status: str = Field(default="idle", max_length=20)
+    active_run_id: str | None = Field(default=None, max_length=80)
+    created_at: datetime = _utc_column()
+    updated_at: datetime = _utc_column()
+    version: int = 1
+
+
+class ItemRow(SQLModel, table=True):
+    __tablename__ = "items"
+    __table_args__ = (sa.Index("ix_items_thread_id_id", "thread_id", "id"),)
+
+    id: str = Field(primary_key=True, max_length=80)
+    thread_id: str = Field(
+        sa_column_args=[sa.ForeignKey("threads.id", ondelete="CASCADE")], max_length=80
+    )
+    type: str = Field(max_length=40)
+    # in_progress | completed | incomplete
+    status: str = Field(max_length=20)
+    # The item's wire JSON, stored once and served as-is.
+    data: str = Field(sa_type=sa.Text)
+    created_at: datetime = _utc_column()
+
+
+class EventRow(SQLModel, table=True):
+    __tablename__ = "events"
+
+    thread_id: str = Field(
+        primary_key=True,
+        sa_column_args=[sa.ForeignKey("threads.id", ondelete="CASCADE")],
+        max_length=80,
+    )
+    seq: int = Field(primary_key=True, sa_type=sa.BigInteger)
+    run_id: str | None = Field(default=None, max_length=80)
+    type: str = Field(max_length=60)
+    # The event's wire JSON: replay forwards this text into SSE `data:` without decoding it.
+    data: str = Field(sa_type=sa.Text)
+    created_at: datetime = _utc_column()
+
+
+class RunRow(SQLModel, table=True):
+    __tablename__ = "runs"
+    __table_args__ = (
+        sa.UniqueConstraint("user_id", "idempotency_key", name="uq_runs_user_idempotency"),
+        sa.Index("ix_runs_status_lease", "status", "lease_until"),
+    )
+
+    id: str = Field(primary_key=True, max_length=80)
+    thread_id: str = Field(
+        index=True,
+        sa_column_args=[sa.ForeignKey("threads.id", ondelete="CASCADE")],
+        max_length=80,
+    )
+    user_id: str = Field(max_length=200)
+    session_id: str | None = Field(default=None, max_length=80)
+    # queued | running | completed | cancelled | failed
+    status: str = Field(max_length=20)
+    idempotency_key: str | None = Field(default=None, max_length=200)
+    cancel_requested: bool = False
+    owner: str | None = Field(default=None, max_length=80)
+    lease_until: datetime | None = _utc_column(nullable=True)
+    # The thread's last seq when the run was accepted: its stream starts after it.
+    start_seq: int = Field(default=0, sa_type=sa.BigInteger)
+    created_at: datetime = _utc_column()
+    finished_at: datetime | None = _utc_column(nullable=True)
+
+
+def table(model: type[SQLModel]) -> sa.Table:
+    result = model.__table__  # type: ignore[attr-defined]
+    assert isinstance(result, sa.Table)
+    return result
+
+
+sessions = table(SessionRow)
+threads = table(ThreadRow)
+items = table(ItemRow)
+events = table(EventRow)
+runs = table(RunRow)

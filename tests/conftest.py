@@ -1,0 +1,93 @@
+"""Shared fixtures. Every storage-backed test runs on SQLite and on PostgreSQL.
+
+PostgreSQL comes from CHATSERVER_TEST_POSTGRES_URL (default: the local server at
+127.0.0.1:5432). Without it the PostgreSQL cases skip with the reason, except under CI=true,
+where an unreachable PostgreSQL fails the run: CI must never go green by skipping them.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+import sqlalchemy as sa
+
+from chatserver.store import Store
+from chatserver.store.models import SQLModel
+
+POSTGRES_ADMIN_URL = os.environ.get(
+    "CHATSERVER_TEST_POSTGRES_URL", "postgresql+psycopg://root@127.0.0.1:5432/test"
+)
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def _libpq(url: str) -> str:
+    return url.replace("postgresql+psycopg://", "postgresql://", 1)
+
+
+def _with_database(url: str, name: str) -> str:
+    return str(sa.make_url(url).set(database=name))
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A database of our own for this test session, dropped at the end."""
+    try:
+        admin = psycopg.connect(_libpq(POSTGRES_ADMIN_URL), autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as exc:
+        reason = f"PostgreSQL unreachable at {POSTGRES_ADMIN_URL}: {exc}".strip()
+        if IN_CI:
+            pytest.fail(f"CI must run the PostgreSQL tests. {reason}", pytrace=False)
+        pytest.skip(reason)
+    name = f"chatserver_test_{uuid.uuid4().hex[:10]}"
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    url = _with_database(POSTGRES_ADMIN_URL, name)
+    try:
+        yield url
+    finally:
+        with psycopg.connect(_libpq(POSTGRES_ADMIN_URL), autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'chatserver.db'}"
+    url: str = request.getfixturevalue("postgres_url")
+    _reset_postgres(url)
+    return url
+
+
+_schema_ready: set[str] = set()
+
+
+def _reset_postgres(url: str) -> None:
+    """Each test starts from empty tables; the schema is created once per database."""
+    sync_url = url.replace("+psycopg", "+psycopg", 1)
+    engine = sa.create_engine(sync_url)
+    try:
+        with engine.begin() as conn:
+            if url not in _schema_ready:
+                SQLModel.metadata.drop_all(conn)
+                SQLModel.metadata.create_all(conn)
+                _schema_ready.add(url)
+            else:
+                names = ", ".join(t.name for t in SQLModel.metadata.sorted_tables)
+                conn.execute(sa.text(f"TRUNCATE {names} CASCADE"))
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture
+async def store(database_url: str) -> AsyncIterator[Store]:
+    store = Store(database_url)
+    await store.create_schema()
+    try:
+        yield store
+    finally:
+        await store.close()
