@@ -1,3 +1,3 @@
-"""chatserver: a respond()-driven, ChatKit-compatible chat server with durable, resumable streams."""
+"""chatserver: a respond()-driven, ChatKit-compatible chat server with resumable streams."""
 
 __version__ = "0.1.0"

@@ -34,7 +34,9 @@ JSONDocument = sa.JSON().with_variant(JSONB(), "postgresql")
 
 
 def _utc_column(*, nullable: bool = False, index: bool = False) -> Any:
-    return Field(sa_type=UTCDateTime, nullable=nullable, index=index)
+    if nullable:
+        return Field(default=None, sa_type=UTCDateTime, nullable=True, index=index)
+    return Field(sa_type=UTCDateTime, nullable=False, index=index)
 
 
 class SessionRow(SQLModel, table=True):

@@ -223,6 +223,31 @@ class Store:
             )
             return bool(result.rowcount)
 
+    async def claim_thread(self, thread_id: str, run_id: str, now: datetime) -> bool:
+        """Mark the thread running for `run_id` unless another run holds it."""
+        t = models.threads
+        async with self.write(thread_id) as conn:
+            result = await conn.execute(
+                sa.update(t)
+                .where(
+                    t.c.id == thread_id,
+                    sa.or_(t.c.active_run_id.is_(None), t.c.active_run_id == run_id),
+                )
+                .values(status="running", active_run_id=run_id, version=t.c.version + 1)
+            )
+            return bool(result.rowcount)
+
+    async def release_thread(self, thread_id: str, run_id: str, values: Mapping[str, Any]) -> bool:
+        """Mark the thread idle if `run_id` still holds it, applying `values` too."""
+        t = models.threads
+        async with self.write(thread_id) as conn:
+            result = await conn.execute(
+                sa.update(t)
+                .where(t.c.id == thread_id, t.c.active_run_id == run_id)
+                .values(**values, status="idle", active_run_id=None, version=t.c.version + 1)
+            )
+            return bool(result.rowcount)
+
     # -- items -----------------------------------------------------------------------------
 
     async def insert_item(self, row: ItemRow) -> None:
@@ -359,7 +384,7 @@ class Store:
         async with self.write() as conn:
             await conn.execute(
                 sa.update(r)
-                .where(r.c.owner == owner, r.c.status == "running")
+                .where(r.c.owner == owner, r.c.status.in_(("queued", "running")))
                 .values(lease_until=until)
             )
 
@@ -367,12 +392,29 @@ class Store:
         r = models.runs
         query = (
             sa.select(r)
-            .where(r.c.status == "running", r.c.lease_until < now)
+            .where(r.c.status.in_(("queued", "running")), r.c.lease_until < now)
             .order_by(r.c.lease_until)
             .limit(limit)
         )
         async with self.read() as conn:
             return [_row(RunRow, row) for row in await conn.execute(query)]
+
+    async def claim_lapsed_run(
+        self, run_id: str, owner: str, now: datetime, until: datetime
+    ) -> bool:
+        """Take over a run whose owner stopped renewing its lease; one claimant wins."""
+        r = models.runs
+        async with self.write() as conn:
+            result = await conn.execute(
+                sa.update(r)
+                .where(
+                    r.c.id == run_id,
+                    r.c.status.in_(("queued", "running")),
+                    r.c.lease_until < now,
+                )
+                .values(owner=owner, lease_until=until)
+            )
+            return bool(result.rowcount)
 
     async def list_cancel_requests(self, run_ids: Sequence[str]) -> list[str]:
         if not run_ids:
