@@ -1,0 +1,279 @@
+"""The event log of a thread: durable, densely numbered, replayable, live.
+
+Writers buffer events and group-commit them; only committed events are published.
+Subscribers register with the broker before reading the store, so none falls between
+replay and live (ARCHITECTURE.md section 2, rules 1-3, 6).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+from chatserver.clock import Clock
+from chatserver.config import Settings
+from chatserver.store import ItemWrite, NewEvent, Store, StoredEvent
+from chatserver.types import ResyncEvent, dump_json
+
+logger = logging.getLogger(__name__)
+
+_FLUSH_ATTEMPTS = 3
+
+
+class Subscription:
+    """A subscriber's bounded live buffer. Overflow drops the buffer, not events: the
+    subscriber notices and re-reads from the store, where everything committed is."""
+
+    def __init__(self, thread_id: str, max_size: int) -> None:
+        self.thread_id = thread_id
+        self._max_size = max_size
+        self._events: list[StoredEvent] = []
+        self._wakeup = asyncio.Event()
+        self.overflowed = False
+
+    def push(self, events: list[StoredEvent]) -> None:
+        if self.overflowed:
+            return
+        if len(self._events) + len(events) > self._max_size:
+            self.overflowed = True
+            self._events.clear()
+        else:
+            self._events.extend(events)
+        self._wakeup.set()
+
+    def take(self) -> list[StoredEvent]:
+        taken, self._events = self._events, []
+        self._wakeup.clear()
+        return taken
+
+    async def wait(self) -> None:
+        await self._wakeup.wait()
+
+
+class LocalBroker:
+    """In-process fan-out of committed events to the subscribers of a thread."""
+
+    def __init__(self, queue_size: int) -> None:
+        self._queue_size = queue_size
+        self._subscribers: dict[str, set[Subscription]] = {}
+
+    def subscribe(self, thread_id: str) -> Subscription:
+        subscription = Subscription(thread_id, self._queue_size)
+        self._subscribers.setdefault(thread_id, set()).add(subscription)
+        return subscription
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        subscribers = self._subscribers.get(subscription.thread_id)
+        if subscribers is None:
+            return
+        subscribers.discard(subscription)
+        if not subscribers:
+            del self._subscribers[subscription.thread_id]
+
+    def publish(self, thread_id: str, events: list[StoredEvent]) -> None:
+        for subscription in tuple(self._subscribers.get(thread_id, ())):
+            subscription.push(events)
+
+    def subscriber_count(self, thread_id: str | None = None) -> int:
+        if thread_id is not None:
+            return len(self._subscribers.get(thread_id, ()))
+        return sum(len(s) for s in self._subscribers.values())
+
+
+@dataclass(slots=True)
+class _Pending:
+    event: StoredEvent
+    item_write: ItemWrite | None
+
+
+@dataclass
+class ThreadWriter:
+    """The single writer of a thread while a turn runs: it keeps the next seq in memory and
+    group-commits buffered events (a few ms window or N events, whichever comes first)."""
+
+    log: EventLog
+    thread_id: str
+    next_seq: int
+    _buffer: list[_Pending] = field(default_factory=list)
+    _unflushed: int = 0
+    _wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    _drained: asyncio.Condition = field(default_factory=asyncio.Condition)
+    _failure: BaseException | None = None
+    _task: asyncio.Task[None] | None = None
+    _closing: bool = False
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"event-writer:{self.thread_id}")
+
+    async def emit(
+        self, run_id: str | None, type_: str, data: str, item_write: ItemWrite | None = None
+    ) -> int:
+        """Buffer one event and return its seq. Waits only when the database falls behind."""
+        if self._failure is not None:
+            raise self._failure
+        seq = self.next_seq
+        self.next_seq += 1
+        self._buffer.append(_Pending(StoredEvent(seq, run_id, type_, data), item_write))
+        self._unflushed += 1
+        if len(self._buffer) == 1 or len(self._buffer) >= self.log.settings.commit_max_events:
+            self._wakeup.set()
+        if self._unflushed > self.log.settings.max_pending_events:
+            await self.flush()
+        return seq
+
+    async def flush(self) -> None:
+        """Return once everything emitted so far is committed and published."""
+        target = self.next_seq - 1
+        self._wakeup.set()
+        async with self._drained:
+            await self._drained.wait_for(
+                lambda: self._failure is not None or self._committed_seq >= target
+            )
+        if self._failure is not None:
+            raise self._failure
+
+    async def close(self) -> None:
+        try:
+            await self.flush()
+        finally:
+            self._closing = True
+            self._wakeup.set()
+            if self._task is not None:
+                # A failure already surfaced through flush(); do not raise it twice.
+                await asyncio.gather(self._task, return_exceptions=True)
+
+    @property
+    def _committed_seq(self) -> int:
+        return self.next_seq - 1 - self._unflushed
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                await self._wakeup.wait()
+                # Cleared before the window, so a signal during it is never lost.
+                self._wakeup.clear()
+                if (
+                    self._buffer
+                    and self.log.window > 0
+                    and len(self._buffer) < self.log.settings.commit_max_events
+                ):
+                    # Let a burst of deltas gather into one transaction.
+                    await asyncio.sleep(self.log.window)
+                while self._buffer:
+                    batch = self._buffer[: self.log.settings.commit_max_events]
+                    await self._commit(batch)
+                    del self._buffer[: len(batch)]
+                    self._unflushed -= len(batch)
+                    async with self._drained:
+                        self._drained.notify_all()
+                if self._closing:
+                    return
+        except BaseException as exc:
+            self._failure = exc if isinstance(exc, Exception) else RuntimeError("writer stopped")
+            async with self._drained:
+                self._drained.notify_all()
+            if not isinstance(exc, asyncio.CancelledError):
+                logger.exception("event writer for thread %s failed", self.thread_id)
+            raise
+
+    async def _commit(self, batch: list[_Pending]) -> None:
+        events = [p.event for p in batch]
+        # Later writes of the same item in a batch supersede earlier ones.
+        item_writes = {p.item_write.id: p.item_write for p in batch if p.item_write}
+        for attempt in range(1, _FLUSH_ATTEMPTS + 1):
+            try:
+                await self.log.store.append_events(
+                    self.thread_id,
+                    [NewEvent(e.run_id, e.type, e.data) for e in events],
+                    first_seq=events[0].seq,
+                    item_writes=list(item_writes.values()),
+                    created_at=self.log.clock.now(),
+                )
+                break
+            except Exception:
+                if attempt == _FLUSH_ATTEMPTS:
+                    raise
+                logger.warning("retrying event batch for thread %s", self.thread_id)
+                await asyncio.sleep(0.05 * attempt)
+        self.log.broker.publish(self.thread_id, events)
+
+
+class EventLog:
+    def __init__(self, store: Store, broker: LocalBroker, clock: Clock, settings: Settings) -> None:
+        self.store = store
+        self.broker = broker
+        self.clock = clock
+        self.settings = settings
+        self.window = settings.commit_window_ms / 1000
+
+    async def open_writer(self, thread_id: str) -> ThreadWriter:
+        writer = ThreadWriter(self, thread_id, await self.store.max_seq(thread_id) + 1)
+        writer.start()
+        return writer
+
+    async def append(self, thread_id: str, run_id: str | None, type_: str, data: str) -> int:
+        """One event outside a turn (recovery, notices): its own transaction, seq read under
+        the thread's lock."""
+        seq = await self.store.append_events(
+            thread_id, [NewEvent(run_id, type_, data)], created_at=self.clock.now()
+        )
+        self.broker.publish(thread_id, [StoredEvent(seq, run_id, type_, data)])
+        return seq
+
+    async def subscribe(
+        self,
+        thread_id: str,
+        after: int,
+        *,
+        until: Callable[[StoredEvent], bool] | None = None,
+    ) -> AsyncIterator[StoredEvent]:
+        """Every event with seq > `after`: stored ones, then live; no gap, no duplicate.
+
+        Ends after an event for which `until` is true; otherwise runs until cancelled.
+        A cursor older than what the log keeps first gets a `resync` event.
+        """
+        subscription = self.broker.subscribe(thread_id)
+        try:
+            cursor = after
+            oldest = await self.store.min_seq(thread_id)
+            if oldest > cursor + 1:
+                resync = ResyncEvent(reason="cursor_too_old", earliest_seq=oldest)
+                yield StoredEvent(oldest - 1, None, resync.type, dump_json(resync))
+                cursor = oldest - 1
+            while True:
+                async for event in self._replay(thread_id, cursor):
+                    cursor = event.seq
+                    yield event
+                    if until is not None and until(event):
+                        return
+                # Live: the broker's buffer since registration; anything at or below the
+                # cursor was already replayed.
+                subscription.overflowed = False
+                while not subscription.overflowed:
+                    for event in subscription.take():
+                        if event.seq <= cursor:
+                            continue
+                        if event.seq != cursor + 1:
+                            break  # a gap means another writer's batch: re-read the store
+                        cursor = event.seq
+                        yield event
+                        if until is not None and until(event):
+                            return
+                    else:
+                        await subscription.wait()
+                        continue
+                    break
+        finally:
+            self.broker.unsubscribe(subscription)
+
+    async def _replay(self, thread_id: str, after: int) -> AsyncIterator[StoredEvent]:
+        page = self.settings.replay_page_size
+        while True:
+            events = await self.store.read_events(thread_id, after, page)
+            for event in events:
+                yield event
+            if len(events) < page:
+                return
+            after = events[-1].seq
