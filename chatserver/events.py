@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 from chatserver.clock import Clock
 from chatserver.config import Settings
-from chatserver.store import ItemWrite, NewEvent, Store, StoredEvent
+from chatserver.store import ItemWrite, NewEvent, RunEnd, Store, StoredEvent
 from chatserver.types import ResyncEvent, dump_json
 
 logger = logging.getLogger(__name__)
@@ -42,6 +42,11 @@ class Subscription:
         else:
             self._events.extend(events)
         self._wakeup.set()
+
+    def reset(self) -> None:
+        self.overflowed = False
+        self._events.clear()
+        self._wakeup.clear()
 
     def take(self) -> list[StoredEvent]:
         taken, self._events = self._events, []
@@ -86,6 +91,7 @@ class LocalBroker:
 class _Pending:
     event: StoredEvent
     item_write: ItemWrite | None
+    run_end: RunEnd | None = None
 
 
 @dataclass
@@ -108,14 +114,19 @@ class ThreadWriter:
         self._task = asyncio.create_task(self._run(), name=f"event-writer:{self.thread_id}")
 
     async def emit(
-        self, run_id: str | None, type_: str, data: str, item_write: ItemWrite | None = None
+        self,
+        run_id: str | None,
+        type_: str,
+        data: str,
+        item_write: ItemWrite | None = None,
+        run_end: RunEnd | None = None,
     ) -> int:
         """Buffer one event and return its seq. Waits only when the database falls behind."""
         if self._failure is not None:
             raise self._failure
         seq = self.next_seq
         self.next_seq += 1
-        self._buffer.append(_Pending(StoredEvent(seq, run_id, type_, data), item_write))
+        self._buffer.append(_Pending(StoredEvent(seq, run_id, type_, data), item_write, run_end))
         self._unflushed += 1
         if len(self._buffer) == 1 or len(self._buffer) >= self.log.settings.commit_max_events:
             self._wakeup.set()
@@ -182,6 +193,7 @@ class ThreadWriter:
         events = [p.event for p in batch]
         # Later writes of the same item in a batch supersede earlier ones.
         item_writes = {p.item_write.id: p.item_write for p in batch if p.item_write}
+        run_end = next((p.run_end for p in batch if p.run_end is not None), None)
         for attempt in range(1, _FLUSH_ATTEMPTS + 1):
             try:
                 await self.log.store.append_events(
@@ -189,6 +201,7 @@ class ThreadWriter:
                     [NewEvent(e.run_id, e.type, e.data) for e in events],
                     first_seq=events[0].seq,
                     item_writes=list(item_writes.values()),
+                    run_end=run_end,
                     created_at=self.log.clock.now(),
                 )
                 break
@@ -228,10 +241,14 @@ class EventLog:
         after: int,
         *,
         until: Callable[[StoredEvent], bool] | None = None,
+        already_over: Callable[[], Awaitable[bool]] | None = None,
     ) -> AsyncIterator[StoredEvent]:
         """Every event with seq > `after`: stored ones, then live; no gap, no duplicate.
 
         Ends after an event for which `until` is true; otherwise runs until cancelled.
+        `already_over` is asked once, after the first replay: if what the caller waits for
+        has already happened (its `until` event lies at or before the cursor), the stream
+        ends once the store is drained instead of waiting for an event that has passed.
         A cursor older than what the log keeps first gets a `resync` event.
         """
         subscription = self.broker.subscribe(thread_id)
@@ -242,27 +259,36 @@ class EventLog:
                 resync = ResyncEvent(reason="cursor_too_old", earliest_seq=oldest)
                 yield StoredEvent(oldest - 1, None, resync.type, dump_json(resync))
                 cursor = oldest - 1
+            first_round = True
             while True:
+                # Reset before reading the store: whatever is published from here on is
+                # either buffered or flags an overflow, never silently dropped.
+                subscription.reset()
                 async for event in self._replay(thread_id, cursor):
                     cursor = event.seq
                     yield event
                     if until is not None and until(event):
                         return
-                # Live: the broker's buffer since registration; anything at or below the
-                # cursor was already replayed.
-                subscription.overflowed = False
+                if first_round and already_over is not None and await already_over():
+                    async for event in self._replay(thread_id, cursor):
+                        yield event
+                    return
+                first_round = False
                 while not subscription.overflowed:
-                    for event in subscription.take():
+                    batch = subscription.take()
+                    if not batch:
+                        await subscription.wait()
+                        continue
+                    for event in batch:
                         if event.seq <= cursor:
-                            continue
+                            continue  # already replayed
                         if event.seq != cursor + 1:
-                            break  # a gap means another writer's batch: re-read the store
+                            break  # a gap (another writer's batch): re-read the store
                         cursor = event.seq
                         yield event
                         if until is not None and until(event):
                             return
                     else:
-                        await subscription.wait()
                         continue
                     break
         finally:

@@ -27,7 +27,7 @@ from chatserver.ids import IdKind, new_id
 from chatserver.locks import KeyedLock
 from chatserver.policies import TimeoutPolicies, TimeoutResolver
 from chatserver.sessions import RequestContext, SessionManager
-from chatserver.store import Store, StoredEvent
+from chatserver.store import RunEnd, Store, StoredEvent
 from chatserver.store.models import RunRow, SessionRow, ThreadRow
 from chatserver.turn import TurnRecorder
 from chatserver.types import (
@@ -103,6 +103,8 @@ class ChatServer:
         self._turn_locks = KeyedLock()
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._running_by_thread: dict[str, str] = {}
+        # Runs accepted here whose terminal event is not yet emitted, per thread.
+        self._open_runs: dict[str, set[str]] = {}
         self._cancel_reasons: dict[str, str] = {}
         self._maintenance: asyncio.Task[None] | None = None
 
@@ -281,6 +283,7 @@ class ChatServer:
             return _handle(existing)
         if busy and policy == "interrupt":
             await self._request_cancel(thread, reason="interrupted", wait=False)
+        self._open_runs.setdefault(thread_id, set()).add(run.id)
         request = _TurnRequest(run, context, input, thread_created, retry_after_item_id)
         self._tasks[run.id] = asyncio.create_task(self._run_turn(request), name=f"turn:{run.id}")
         return _handle(run)
@@ -320,7 +323,13 @@ class ChatServer:
         def ends_run(event: StoredEvent) -> bool:
             return event.run_id == handle.run_id and event.type in TERMINAL_RUN_EVENT_TYPES
 
-        async for event in self.events.subscribe(handle.thread_id, after, until=ends_run):
+        async def run_is_over() -> bool:
+            run = await self.store.get_run(handle.run_id)
+            return run is None or run.status in ("completed", "cancelled", "failed")
+
+        async for event in self.events.subscribe(
+            handle.thread_id, after, until=ends_run, already_over=run_is_over
+        ):
             if event.run_id == handle.run_id or event.type == "resync":
                 yield event
 
@@ -353,8 +362,17 @@ class ChatServer:
         except Exception:
             logger.exception("run %s could not be run", run.id)
         finally:
+            self._ending(run)
             self._tasks.pop(run.id, None)
             self._cancel_reasons.pop(run.id, None)
+
+    def _ending(self, run: RunRow) -> None:
+        """From here on the run no longer makes its thread busy for new requests."""
+        open_runs = self._open_runs.get(run.thread_id)
+        if open_runs is not None:
+            open_runs.discard(run.id)
+            if not open_runs:
+                del self._open_runs[run.thread_id]
 
     async def _claim(self, run: RunRow) -> bool:
         """Take the thread in the database; wait while another instance's turn holds it."""
@@ -386,7 +404,6 @@ class ChatServer:
         turn = TurnRecorder(writer, run.id)
         thread = thread_metadata(thread_row)
         before = thread.model_copy(deep=True)
-        status, error_code = "completed", None
         try:
             await self.store.update_run(run.id, {"status": "running"})
             await self._record_turn(context, run.thread_id)
@@ -406,20 +423,27 @@ class ChatServer:
                 close = getattr(responses, "aclose", None)
                 if close is not None:
                     await close()
-            if thread.title != before.title or thread.metadata != before.metadata:
+            changes = _thread_changes(before, thread)
+            if changes:
                 await turn.emit(
                     ThreadUpdatedEvent(thread=Thread(**thread.model_dump(), items=Page()))
                 )
-            await turn.emit(RunCompletedEvent(run_id=run.id))
+            self._ending(run)
+            await turn.emit(
+                RunCompletedEvent(run_id=run.id), self._run_end(run, "completed", changes)
+            )
         except asyncio.CancelledError:
-            status = "cancelled"
             reason = self._cancel_reasons.get(run.id, "stopped")
-            await asyncio.shield(self._close_cancelled(turn, run, reason))
+            changes = _thread_changes(before, thread)
+            await asyncio.shield(self._close_cancelled(turn, run, reason, changes))
         except Exception as exc:
-            status = "failed"
-            error_code = await asyncio.shield(self._close_failed(turn, run, exc))
+            changes = _thread_changes(before, thread)
+            await asyncio.shield(self._close_failed(turn, run, exc, changes))
         finally:
-            await asyncio.shield(self._release(run, writer, thread, before, status, error_code))
+            await asyncio.shield(self._release(run, writer))
+
+    def _run_end(self, run: RunRow, status: str, changes: dict[str, Any]) -> RunEnd:
+        return RunEnd(run.id, status, self.clock.now(), changes)
 
     async def _user_item(self, request: _TurnRequest, turn: TurnRecorder) -> UserMessageItem | None:
         run = request.run
@@ -451,62 +475,57 @@ class ChatServer:
             # the thread, which outlives sessions.
             logger.info("session %s not updated for turn: %s", context.session.id, exc.message)
 
-    async def _close_cancelled(self, turn: TurnRecorder, run: RunRow, reason: str) -> None:
+    async def _close_cancelled(
+        self, turn: TurnRecorder, run: RunRow, reason: str, changes: dict[str, Any]
+    ) -> None:
         await turn.close_open_items()
-        await turn.emit(RunCancelledEvent(run_id=run.id, reason=reason))
+        self._ending(run)
+        await turn.emit(
+            RunCancelledEvent(run_id=run.id, reason=reason),
+            self._run_end(run, "cancelled", changes),
+        )
 
-    async def _close_failed(self, turn: TurnRecorder, run: RunRow, exc: Exception) -> str:
+    async def _close_failed(
+        self, turn: TurnRecorder, run: RunRow, exc: Exception, changes: dict[str, Any]
+    ) -> None:
         if isinstance(exc, ChatServerError):
-            code, message, allow_retry = exc.code.value, exc.message, False
-            error = ErrorEvent(code="custom", message=message, error_code=code)
+            code = exc.code.value
+            error = ErrorEvent(code="custom", message=exc.message, error_code=code)
         else:
             # Details stay in the server log; the client gets a stable code, no stack trace.
             logger.error("respond() failed in run %s", run.id, exc_info=exc)
-            code, allow_retry = ErrorCode.RESPONDER_FAILED.value, True
+            code = ErrorCode.RESPONDER_FAILED.value
             error = ErrorEvent(
                 code="stream.error",
                 message="The assistant could not finish this answer.",
-                allow_retry=allow_retry,
+                allow_retry=True,
                 error_code=code,
             )
         try:
             await turn.close_open_items()
             await turn.emit(error)
-            await turn.emit(RunFailedEvent(run_id=run.id, error_code=code))
+            self._ending(run)
+            await turn.emit(
+                RunFailedEvent(run_id=run.id, error_code=code),
+                self._run_end(run, "failed", changes),
+            )
         except Exception:
             logger.exception("could not record the failure of run %s", run.id)
-        return code
 
-    async def _release(
-        self,
-        run: RunRow,
-        writer: ThreadWriter,
-        thread: ThreadMetadata,
-        before: ThreadMetadata,
-        status: str,
-        error_code: str | None,
-    ) -> None:
-        now = self.clock.now()
+    async def _release(self, run: RunRow, writer: ThreadWriter) -> None:
         try:
             await writer.close()
         except Exception:
-            # The database refused the last batch; recovery will close the run from the log.
+            # The database refused the last batch: the run stays open in the database, its
+            # lease is no longer renewed, and recovery closes it from what was logged.
             logger.exception("events of run %s could not all be written", run.id)
             return
-        changes: dict[str, Any] = {"updated_at": now}
-        if thread.title != before.title:
-            changes["title"] = thread.title
-        if thread.metadata != before.metadata:
-            changes["meta"] = thread.metadata
-        await self.store.release_thread(run.thread_id, run.id, changes)
-        await self.store.update_run(run.id, {"status": status, "finished_at": now})
         if writer.next_seq - 1 > self.settings.event_log_max_per_thread:
             await self.store.trim_events(run.thread_id, self.settings.event_log_max_per_thread)
-        if error_code is not None:
-            logger.info("run %s ended %s (%s)", run.id, status, error_code)
 
     async def _finish_unstarted(self, run: RunRow, reason: str) -> None:
         """A queued run that never started: tell its listeners it is over."""
+        self._ending(run)
         await self.events.append(
             run.thread_id,
             run.id,
@@ -520,7 +539,7 @@ class ChatServer:
     # -- busy, cancel ----------------------------------------------------------------------
 
     async def _is_busy(self, thread: ThreadRow) -> bool:
-        if self._turn_locks.locked(thread.id):
+        if self._open_runs.get(thread.id):
             return True
         if thread.active_run_id is None:
             return False
@@ -586,11 +605,10 @@ class ChatServer:
                     error_code=code,
                 )
             )
-            await turn.emit(RunFailedEvent(run_id=run.id, error_code=code))
+            await turn.emit(
+                RunFailedEvent(run_id=run.id, error_code=code), self._run_end(run, "failed", {})
+            )
             await writer.close()
-            now = self.clock.now()
-            await self.store.release_thread(run.thread_id, run.id, {"updated_at": now})
-            await self.store.update_run(run.id, {"status": "failed", "finished_at": now})
             logger.warning("recovered run %s on thread %s", run.id, run.thread_id)
 
     async def _maintain(self) -> None:
@@ -602,7 +620,7 @@ class ChatServer:
             try:
                 now = self.clock.now()
                 until = now + timedelta(seconds=self.settings.run_lease_seconds)
-                await self.store.renew_leases(self.instance_id, until)
+                await self.store.renew_leases(self.instance_id, list(self._tasks), until)
                 local = list(self._running_by_thread.values())
                 for run_id in await self.store.list_cancel_requests(local):
                     task = self._tasks.get(run_id)
@@ -612,6 +630,20 @@ class ChatServer:
                 await self.recover()
             except Exception:
                 logger.exception("maintenance round failed")
+
+
+def _thread_changes(before: ThreadMetadata, after: ThreadMetadata) -> dict[str, Any]:
+    """What respond() changed on the thread, as column values."""
+    changes: dict[str, Any] = {}
+    if after.title != before.title:
+        changes["title"] = after.title
+    if after.metadata != before.metadata:
+        changes["meta"] = after.metadata
+    return changes
+
+
+def _with_no_items(thread: ThreadMetadata) -> Thread:
+    return Thread(**thread.model_dump(), items=Page())
 
 
 def thread_metadata(row: ThreadRow) -> ThreadMetadata:

@@ -8,7 +8,7 @@ import logging
 from pydantic import BaseModel
 
 from chatserver.events import ThreadWriter
-from chatserver.store import ItemWrite, StoredEvent
+from chatserver.store import ItemWrite, RunEnd, StoredEvent
 from chatserver.types import (
     AssistantMessageContentPartAdded,
     AssistantMessageContentPartAnnotationAdded,
@@ -91,7 +91,7 @@ class TurnRecorder:
         self.run_id = run_id
         self._open: dict[str, _OpenItem] = {}
 
-    async def emit(self, event: BaseModel) -> int:
+    async def emit(self, event: BaseModel, run_end: RunEnd | None = None) -> int:
         item_write: ItemWrite | None = None
         if isinstance(event, ThreadItemAddedEvent):
             item = _with_status(event.item, "in_progress")
@@ -116,7 +116,7 @@ class TurnRecorder:
         type_ = getattr(event, "type", None)
         if not isinstance(type_, str):
             raise TypeError(f"respond() yielded {event!r}, which is not a stream event")
-        return await self.writer.emit(self.run_id, type_, data, item_write)
+        return await self.writer.emit(self.run_id, type_, data, item_write, run_end)
 
     def replay(self, event: StoredEvent) -> None:
         """Rebuild open items from logged events (crash recovery), without emitting."""

@@ -1,3 +1,3 @@
-from chatserver.store.sql import ItemWrite, NewEvent, Store, StoredEvent
+from chatserver.store.sql import ItemWrite, NewEvent, RunEnd, Store, StoredEvent
 
-__all__ = ["ItemWrite", "NewEvent", "Store", "StoredEvent"]
+__all__ = ["ItemWrite", "NewEvent", "RunEnd", "Store", "StoredEvent"]

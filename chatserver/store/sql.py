@@ -8,12 +8,13 @@ transactions start with BEGIN IMMEDIATE, so writers queue instead of failing "da
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, TypeVar
 
+import psycopg
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -42,6 +43,17 @@ class StoredEvent:
     run_id: str | None
     type: str
     data: str
+
+
+@dataclass(frozen=True, slots=True)
+class RunEnd:
+    """A run's last batch also ends it: once its terminal event is visible, the thread is
+    already free and the run's status final, so a client may start the next turn at once."""
+
+    run_id: str
+    status: str
+    finished_at: datetime
+    thread_changes: Mapping[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,6 +305,7 @@ class Store:
         *,
         first_seq: int | None = None,
         item_writes: Sequence[ItemWrite] = (),
+        run_end: RunEnd | None = None,
         created_at: datetime,
     ) -> int:
         """Append a batch with dense seqs; returns the first seq used.
@@ -305,35 +318,39 @@ class Store:
             if first_seq is None:
                 first_seq = await _max_seq(conn, thread_id) + 1
             if new_events:
-                await conn.execute(
-                    sa.insert(models.events),
-                    [
-                        {
-                            "thread_id": thread_id,
-                            "seq": first_seq + offset,
-                            "run_id": event.run_id,
-                            "type": event.type,
-                            "data": event.data,
-                            "created_at": created_at,
-                        }
-                        for offset, event in enumerate(new_events)
-                    ],
-                )
+                await self._insert_events(conn, thread_id, first_seq, new_events, created_at)
             if item_writes:
                 await _upsert_items(conn, self.backend, item_writes)
+            if run_end is not None:
+                await _end_run(conn, thread_id, run_end)
             return first_seq
 
     async def read_events(self, thread_id: str, after: int, limit: int) -> list[StoredEvent]:
-        e = models.events
-        query = (
-            sa.select(e.c.seq, e.c.run_id, e.c.type, e.c.data)
-            .where(e.c.thread_id == thread_id, e.c.seq > after)
-            .order_by(e.c.seq)
-            .limit(limit)
-        )
         async with self.read() as conn:
-            result = await conn.execute(query)
-            return [StoredEvent(seq, run_id, type_, data) for seq, run_id, type_, data in result]
+            return await self._select_events(conn, thread_id, after, limit)
+
+    # The event hot path: on PostgreSQL raw psycopg through the pooled connection (binary COPY
+    # in, plain tuples out), ~1.5-2x SQLAlchemy Core per row; Core on SQLite. See bench/.
+
+    async def _insert_events(
+        self,
+        conn: AsyncConnection,
+        thread_id: str,
+        first_seq: int,
+        new_events: Sequence[NewEvent],
+        created_at: datetime,
+    ) -> None:
+        if self.backend == "postgresql":
+            await _copy_events_postgresql(conn, thread_id, first_seq, new_events, created_at)
+        else:
+            await _insert_events_core(conn, thread_id, first_seq, new_events, created_at)
+
+    async def _select_events(
+        self, conn: AsyncConnection, thread_id: str, after: int, limit: int
+    ) -> list[StoredEvent]:
+        if self.backend == "postgresql":
+            return await _select_events_postgresql(conn, thread_id, after, limit)
+        return await _select_events_core(conn, thread_id, after, limit)
 
     async def max_seq(self, thread_id: str) -> int:
         async with self.read() as conn:
@@ -379,12 +396,20 @@ class Store:
                 sa.update(models.runs).where(models.runs.c.id == run_id).values(**values)
             )
 
-    async def renew_leases(self, owner: str, until: datetime) -> None:
+    async def renew_leases(self, owner: str, run_ids: Sequence[str], until: datetime) -> None:
+        """Extend the leases of the runs this owner is still working on. Only those: a run
+        whose last write failed must lapse so that recovery can close it."""
+        if not run_ids:
+            return
         r = models.runs
         async with self.write() as conn:
             await conn.execute(
                 sa.update(r)
-                .where(r.c.owner == owner, r.c.status.in_(("queued", "running")))
+                .where(
+                    r.c.id.in_(run_ids),
+                    r.c.owner == owner,
+                    r.c.status.in_(("queued", "running")),
+                )
                 .values(lease_until=until)
             )
 
@@ -453,6 +478,125 @@ async def _max_seq(conn: AsyncConnection, thread_id: str) -> int:
     e = models.events
     found = await conn.scalar(sa.select(sa.func.max(e.c.seq)).where(e.c.thread_id == thread_id))
     return int(found or 0)
+
+
+_PG_COPY_EVENTS = (
+    "COPY events (thread_id, seq, run_id, type, data, created_at) FROM STDIN (FORMAT BINARY)"
+)
+_PG_COPY_TYPES = ("text", "int8", "text", "text", "text", "timestamptz")
+_PG_SELECT_EVENTS = (
+    "SELECT seq, run_id, type, data FROM events"
+    " WHERE thread_id = %s AND seq > %s ORDER BY seq LIMIT %s"
+)
+
+
+async def _insert_events_core(
+    conn: AsyncConnection,
+    thread_id: str,
+    first_seq: int,
+    new_events: Sequence[NewEvent],
+    created_at: datetime,
+) -> None:
+    # A plain executemany of one prepared insert (`.values(list)` is 3-4x slower).
+    await conn.execute(
+        sa.insert(models.events),
+        [
+            {
+                "thread_id": thread_id,
+                "seq": first_seq + offset,
+                "run_id": event.run_id,
+                "type": event.type,
+                "data": event.data,
+                "created_at": created_at,
+            }
+            for offset, event in enumerate(new_events)
+        ],
+    )
+
+
+async def _select_events_core(
+    conn: AsyncConnection, thread_id: str, after: int, limit: int
+) -> list[StoredEvent]:
+    e = models.events
+    query = (
+        sa.select(e.c.seq, e.c.run_id, e.c.type, e.c.data)
+        .where(e.c.thread_id == thread_id, e.c.seq > after)
+        .order_by(e.c.seq)
+        .limit(limit)
+    )
+    result = await conn.execute(query)
+    return [StoredEvent(seq, run_id, type_, data) for seq, run_id, type_, data in result]
+
+
+async def _copy_events_postgresql(
+    conn: AsyncConnection,
+    thread_id: str,
+    first_seq: int,
+    new_events: Sequence[NewEvent],
+    created_at: datetime,
+) -> None:
+    """Binary COPY in the caller's transaction: the fewest client cycles per row."""
+    if created_at.tzinfo is None:
+        raise ValueError("naive datetime given to a UTC column")
+    driver = await _psycopg(conn)
+    with _as_sqlalchemy_error(_PG_COPY_EVENTS):
+        async with driver.cursor() as cursor, cursor.copy(_PG_COPY_EVENTS) as copy:
+            copy.set_types(_PG_COPY_TYPES)
+            seq = first_seq
+            for event in new_events:
+                await copy.write_row(
+                    (thread_id, seq, event.run_id, event.type, event.data, created_at)
+                )
+                seq += 1
+
+
+async def _select_events_postgresql(
+    conn: AsyncConnection, thread_id: str, after: int, limit: int
+) -> list[StoredEvent]:
+    # Autocommit: one round trip, no BEGIN; and no ROLLBACK on checkin, which in psycopg
+    # also drops the connection's prepared statements.
+    await conn.execution_options(isolation_level="AUTOCOMMIT")
+    driver = await _psycopg(conn)
+    with _as_sqlalchemy_error(_PG_SELECT_EVENTS):
+        async with driver.cursor() as cursor:
+            await cursor.execute(_PG_SELECT_EVENTS, (thread_id, after, limit))
+            rows = await cursor.fetchall()
+    return [StoredEvent(*row) for row in rows]
+
+
+async def _psycopg(conn: AsyncConnection) -> psycopg.AsyncConnection[Any]:
+    driver = (await conn.get_raw_connection()).driver_connection
+    assert isinstance(driver, psycopg.AsyncConnection)
+    return driver
+
+
+@contextmanager
+def _as_sqlalchemy_error(statement: str) -> Iterator[None]:
+    """Raw driver errors surface as SQLAlchemy's, like every other Store error does."""
+    try:
+        yield
+    except psycopg.Error as exc:
+        raise sa.exc.DBAPIError.instance(statement, None, exc, psycopg.Error) from exc
+
+
+async def _end_run(conn: AsyncConnection, thread_id: str, run_end: RunEnd) -> None:
+    r, t = models.runs, models.threads
+    await conn.execute(
+        sa.update(r)
+        .where(r.c.id == run_end.run_id)
+        .values(status=run_end.status, finished_at=run_end.finished_at)
+    )
+    await conn.execute(
+        sa.update(t)
+        .where(t.c.id == thread_id, t.c.active_run_id == run_end.run_id)
+        .values(
+            **run_end.thread_changes,
+            status="idle",
+            active_run_id=None,
+            updated_at=run_end.finished_at,
+            version=t.c.version + 1,
+        )
+    )
 
 
 async def _versioned_update(

@@ -487,7 +487,7 @@ async def test_renewed_leases_no_longer_lapse(store: Store) -> None:
     for run in (mine, theirs):
         await store.insert_run(run)
 
-    await store.renew_leases("node-1", T0 + timedelta(minutes=5))
+    await store.renew_leases("node-1", [mine.id, theirs.id], T0 + timedelta(minutes=5))
 
     lapsed = await store.list_lapsed_runs(T0 + timedelta(minutes=1), limit=10)
     assert [r.id for r in lapsed] == [theirs.id]
