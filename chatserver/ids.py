@@ -14,7 +14,7 @@ from enum import StrEnum
 
 _ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32, lower case
 _RANDOM_BITS = 80
-_ID_BODY = re.compile(r"^[0-9a-hjkmnp-tv-z]{26}$")
+_ID_BODY = re.compile(r"[0-9a-hjkmnp-tv-z]{26}")
 
 
 class IdKind(StrEnum):
@@ -56,11 +56,12 @@ def new_id(kind: IdKind) -> str:
 
 # Client-chosen session ids (the widget makes one per browser) need not be ours, but must be
 # safe to log, to put in a header and to use as a lock key.
-_CLIENT_SESSION_ID = re.compile(r"^ses_[A-Za-z0-9_-]{8,64}$")
+# fullmatch, not match with `$`: `$` also matches before a trailing newline.
+_CLIENT_SESSION_ID = re.compile(r"ses_[A-Za-z0-9_-]{8,64}")
 
 
 def is_valid_id(kind: IdKind, value: str) -> bool:
     if kind is IdKind.SESSION:
-        return bool(_CLIENT_SESSION_ID.match(value))
+        return bool(_CLIENT_SESSION_ID.fullmatch(value))
     prefix, sep, body = value.partition("_")
-    return sep == "_" and prefix == kind and bool(_ID_BODY.match(body))
+    return sep == "_" and prefix == kind and bool(_ID_BODY.fullmatch(body))

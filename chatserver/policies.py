@@ -48,7 +48,9 @@ class TimeoutPolicies:
         if self.resolver is not None:
             dynamic = self.resolver(metadata)
             if dynamic is not None:
-                return Timeout(CUSTOM_POLICY, self._bounded(dynamic))
+                # The application's rule, not the client's input: keep it within the bounds
+                # rather than blaming the request.
+                return Timeout(CUSTOM_POLICY, min(max(dynamic, self.min_seconds), self.max_seconds))
         custom = metadata.get("timeout_seconds")
         if custom is not None:
             if isinstance(custom, bool) or not isinstance(custom, int):

@@ -64,6 +64,10 @@ class RequestContext:
     thread_id: str | None = None
     history_limit: int = 100
 
+    @property
+    def session_id(self) -> str:
+        return self.session.id
+
     async def history(self, limit: int | None = None) -> list[ThreadItem]:
         """The thread's most recent items, oldest first (bounded by `history_limit`)."""
         if self.thread_id is None:
@@ -144,10 +148,8 @@ class SessionManager:
             row.expires_at = now + timedelta(seconds=row.timeout_seconds)
             return row, _Outcome.OK
 
-        async with self._locks.hold(session_id):
-            row, outcome = await self.store.modify_session(session_id, touch)
-        assert row is not None or outcome is _Outcome.NOT_FOUND
-        await self._raise_for(outcome, row, session_id)
+        row, ended, outcome = await self._modify(session_id, touch)
+        await self._raise_for(outcome, ended, session_id)
         assert row is not None
         return RequestContext(
             user_id=user_id,
@@ -222,8 +224,12 @@ class SessionManager:
         """Expire live sessions whose time is up (the reaper's job); returns those expired."""
         now = self.clock.now()
         due = await self.store.list_sessions_expiring(now, limit, [s.value for s in LIVE_STATES])
+        # A session whose turn is still running is in use, whatever its clock says.
+        busy = await self.store.sessions_with_open_runs([row.id for row in due])
         expired = []
         for row in due:
+            if row.id in busy:
+                continue
             current = await self.get(row.user_id, row.id)
             if current.state in (SessionState.EXPIRED, SessionState.CLEANED_UP):
                 expired.append(current)
@@ -234,13 +240,12 @@ class SessionManager:
         tombstone so the id is never silently reused."""
         now = self.clock.now()
         grace = timedelta(seconds=self.settings.cleanup_grace_seconds)
-        due = await self.store.list_sessions_expiring(
+        # By when the expiry was noticed (ended_at), which is what the grace counts from.
+        due = await self.store.list_sessions_ended_before(
             now - grace, limit, [SessionState.EXPIRED.value]
         )
         cleaned = 0
         for row in due:
-            if row.ended_at is not None and row.ended_at + grace > now:
-                continue
             await self._transition(row.id, lambda r, _now: (_cleaned(r), _Outcome.OK))
             cleaned += 1
         return cleaned
@@ -258,10 +263,30 @@ class SessionManager:
         if now >= row.expires_at:
             row.state = SessionState.EXPIRED
             row.ended_at = now
-            if self.settings.cleanup_strategy == "immediate":
-                row = _cleaned(row)
             return row, _Outcome.EXPIRED_NOW
         return None
+
+    async def _modify(
+        self,
+        session_id: str,
+        mutate: Callable[[SessionRow | None], tuple[SessionRow | None, _Outcome]],
+    ) -> tuple[SessionRow | None, SessionRow | None, _Outcome]:
+        """One locked read-modify-write. Returns the row as stored, the row for the listeners
+        and the outcome: when `immediate` cleanup turns an expiring session into a tombstone
+        in the same write, the listeners still get the session with its data."""
+        expiring: SessionRow | None = None
+
+        def apply(row: SessionRow | None) -> tuple[SessionRow | None, _Outcome]:
+            nonlocal expiring
+            changed, outcome = mutate(row)
+            immediate = self.settings.cleanup_strategy == "immediate"
+            if changed is not None and outcome is _Outcome.EXPIRED_NOW and immediate:
+                expiring, changed = changed, _cleaned(changed)
+            return changed, outcome
+
+        async with self._locks.hold(session_id):
+            row, outcome = await self.store.modify_session(session_id, apply)
+        return row, expiring or row, outcome
 
     async def _transition(
         self,
@@ -279,27 +304,26 @@ class SessionManager:
             result = change(row, now)
             return result if result is not None else (None, _Outcome.OK)
 
-        async with self._locks.hold(session_id):
-            row, outcome = await self.store.modify_session(session_id, guarded)
+        row, ended, outcome = await self._modify(session_id, guarded)
         if closing and outcome is _Outcome.CLOSED_NOW and row is not None:
             await self._notify(self.on_session_closed, row)
             return row
-        await self._raise_for(outcome, row, session_id, raise_ended=raise_ended)
+        await self._raise_for(outcome, ended, session_id, raise_ended=raise_ended)
         assert row is not None
         return row
 
     async def _raise_for(
         self,
         outcome: _Outcome,
-        row: SessionRow | None,
+        ended: SessionRow | None,
         session_id: str,
         *,
         raise_ended: bool = True,
     ) -> None:
         if outcome is _Outcome.NOT_FOUND:
             raise NotFound(f"session {session_id} not found", ErrorCode.SESSION_NOT_FOUND)
-        if outcome is _Outcome.EXPIRED_NOW and row is not None:
-            await self._notify(self.on_session_expired, row)
+        if outcome is _Outcome.EXPIRED_NOW and ended is not None:
+            await self._notify(self.on_session_expired, ended)
         if outcome in (_Outcome.EXPIRED, _Outcome.EXPIRED_NOW) and raise_ended:
             raise SessionExpired(f"session {session_id} has expired; create a new session")
         if outcome in (_Outcome.CLOSED, _Outcome.CLOSED_NOW) and raise_ended:
@@ -314,7 +338,5 @@ class SessionManager:
 
 
 def _cleaned(row: SessionRow) -> SessionRow:
-    row.state = SessionState.CLEANED_UP
-    row.meta = {}
-    row.thread_id = None
-    return row
+    """The tombstone: a copy, so whoever holds the ended session keeps its data."""
+    return row.model_copy(update={"state": SessionState.CLEANED_UP, "meta": {}, "thread_id": None})

@@ -53,7 +53,7 @@ class SessionRow(SQLModel, table=True):
     last_activity_at: datetime = _utc_column()
     expires_at: datetime = _utc_column(index=True)
     resumed_at: datetime | None = _utc_column(nullable=True)
-    ended_at: datetime | None = _utc_column(nullable=True)
+    ended_at: datetime | None = _utc_column(nullable=True, index=True)
     resume_count: int = 0
     turn_count: int = 0
     version: int = 1

@@ -194,6 +194,29 @@ class Store:
         async with self.read() as conn:
             return [_row(SessionRow, r) for r in await conn.execute(query)]
 
+    async def list_sessions_ended_before(
+        self, before: datetime, limit: int, states: Sequence[str]
+    ) -> list[SessionRow]:
+        s = models.sessions
+        query = (
+            sa.select(s)
+            .where(s.c.ended_at <= before, s.c.state.in_(states))
+            .order_by(s.c.ended_at)
+            .limit(limit)
+        )
+        async with self.read() as conn:
+            return [_row(SessionRow, r) for r in await conn.execute(query)]
+
+    async def sessions_with_open_runs(self, session_ids: Sequence[str]) -> set[str]:
+        if not session_ids:
+            return set()
+        r = models.runs
+        query = sa.select(r.c.session_id).where(
+            r.c.session_id.in_(session_ids), r.c.status.in_(("queued", "running"))
+        )
+        async with self.read() as conn:
+            return {sid for sid in (await conn.execute(query)).scalars() if sid is not None}
+
     # -- threads ---------------------------------------------------------------------------
 
     async def insert_thread(self, row: ThreadRow) -> None:
