@@ -101,6 +101,7 @@ class ChatServer:
         self.sessions.on_session_closed.append(self.on_session_closed)
         self.sessions.on_session_expired.append(self.on_session_expired)
         self._turn_locks = KeyedLock()
+        self._idempotency_locks = KeyedLock()
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._running_by_thread: dict[str, str] = {}
         # Runs accepted here whose terminal event is not yet emitted, per thread.
@@ -243,11 +244,7 @@ class ChatServer:
                 context.user_id, idempotency_key
             )
             if existing is not None:
-                if existing.thread_id != thread_id:
-                    raise Conflict(
-                        "Idempotency-Key was already used for another thread",
-                        ErrorCode.IDEMPOTENCY_CONFLICT,
-                    )
+                _check_same_thread(existing, thread_id, thread_created)
                 return _handle(existing)
         policy = double_texting or self.settings.double_texting
         busy = await self._is_busy(thread)
@@ -278,8 +275,9 @@ class ChatServer:
             existing = await self.store.find_run_by_idempotency_key(
                 context.user_id, idempotency_key
             )
-            if existing is None or existing.thread_id != thread_id:
+            if existing is None:
                 raise
+            _check_same_thread(existing, thread_id, thread_created)
             return _handle(existing)
         if busy and policy == "interrupt":
             await self._request_cancel(thread, reason="interrupted", wait=False)
@@ -295,17 +293,22 @@ class ChatServer:
         *,
         idempotency_key: str | None = None,
     ) -> RunHandle:
-        if idempotency_key is not None:
+        if idempotency_key is None:
+            thread = await self.create_thread(context)
+            return await self.start_turn(context, thread.id, input, thread_created=True)
+        # Serialized per key in this process, so retries do not even make spare threads;
+        # across processes the runs' unique key decides and the losers drop their thread.
+        async with self._idempotency_locks.hold(f"{context.user_id}\x00{idempotency_key}"):
             existing = await self.store.find_run_by_idempotency_key(
                 context.user_id, idempotency_key
             )
             if existing is not None:
                 return _handle(existing)
-        thread = await self.create_thread(context)
-        handle = await self.start_turn(
-            context, thread.id, input, idempotency_key=idempotency_key, thread_created=True
-        )
-        if handle.thread_id != thread.id:  # pragma: no cover - needs a cross-process race
+            thread = await self.create_thread(context)
+            handle = await self.start_turn(
+                context, thread.id, input, idempotency_key=idempotency_key, thread_created=True
+            )
+        if handle.thread_id != thread.id:
             await self.store.delete_thread(thread.id)
         return handle
 
@@ -570,6 +573,8 @@ class ChatServer:
         now = self.clock.now()
         recovered = 0
         for run in await self.store.list_lapsed_runs(now, limit=100):
+            if run.id in self._tasks:
+                continue  # ours and alive; its lease renewal merely lags
             until = now + timedelta(seconds=self.settings.run_lease_seconds)
             if not await self.store.claim_lapsed_run(run.id, self.instance_id, now, until):
                 continue
@@ -648,6 +653,15 @@ def _with_no_items(thread: ThreadMetadata) -> Thread:
 
 def thread_metadata(row: ThreadRow) -> ThreadMetadata:
     return ThreadMetadata(id=row.id, title=row.title, created_at=row.created_at, metadata=row.meta)
+
+
+def _check_same_thread(existing: RunRow, thread_id: str, thread_created: bool) -> None:
+    """A key names one turn on one thread. A retried threads.create is the exception: its
+    fresh thread loses to the run that already holds the key."""
+    if existing.thread_id != thread_id and not thread_created:
+        raise Conflict(
+            "Idempotency-Key was already used for another thread", ErrorCode.IDEMPOTENCY_CONFLICT
+        )
 
 
 def _handle(run: RunRow) -> RunHandle:

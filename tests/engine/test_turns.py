@@ -337,3 +337,36 @@ async def _die_without_cleanup(server: ScriptedServer) -> None:
 
 assert TERMINAL_RUN_EVENT_TYPES  # the stream helpers above stop on these
 _ = timedelta
+
+
+async def test_concurrent_creates_with_one_idempotency_key_across_two_servers_make_one_turn(
+    store: Store, settings: Settings, clock: ManualClock
+) -> None:
+    other_store = Store(settings.database_url)
+    first = ScriptedServer(store, settings, clock=clock)
+    second = ScriptedServer(other_store, settings, clock=clock)
+    try:
+        ctx_a = await first.sessions.context("alice", "ses_sharedsession1")
+        ctx_b = await second.sessions.context("alice", "ses_sharedsession1")
+        attempts = [
+            server.create_thread_and_start_turn(ctx, user_input("once"), idempotency_key="k-1")
+            for server, ctx in [(first, ctx_a), (second, ctx_b)] * 3
+        ]
+        handles = await asyncio.gather(*attempts)
+
+        assert len({h.run_id for h in handles}) == 1
+        run = await store.get_run(handles[0].run_id)
+        assert run is not None
+        # Live events reach subscribers of the instance that runs the turn.
+        owner = first if run.owner == first.instance_id else second
+        assert types_of(await collect(owner, handles[0]))[-1] == "run.completed"
+        threads, _ = await store.list_threads("alice", limit=10)
+        assert [t.id for t in threads] == [handles[0].thread_id]
+        assert [t for t, _ in await item_statuses(first, handles[0].thread_id)] == [
+            "user_message",
+            "assistant_message",
+        ]
+    finally:
+        await first.close(grace_seconds=1)
+        await second.close(grace_seconds=1)
+        await other_store.close()
