@@ -1,0 +1,52 @@
+"""HTTP tests run against a real uvicorn server on a free port, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+from http_harness import TOKENS, ControlledEcho, LiveServer, RunningApp
+
+from chatserver.app import create_app
+from chatserver.clock import ManualClock
+from chatserver.config import Settings
+from chatserver.store import Store
+
+StartServer = Callable[..., Awaitable[LiveServer]]
+
+
+@pytest.fixture
+async def start_server(database_url: str) -> AsyncIterator[StartServer]:
+    """Start a server with some settings changed; every one started is stopped afterwards."""
+    started: list[LiveServer] = []
+
+    async def start(**overrides: Any) -> LiveServer:
+        options: dict[str, Any] = {
+            "database_url": database_url,
+            "bearer_tokens": ",".join(f"{token}:{user}" for user, token in TOKENS.items()),
+            "commit_window_ms": 2,
+            "shutdown_grace_seconds": 1,
+        }
+        settings = Settings(**(options | overrides))
+        store = Store(database_url)
+        await store.create_schema()
+        clock = ManualClock()
+        chat = ControlledEcho(store, settings, clock=clock)
+        running = await RunningApp.start(create_app(chat, settings))
+        live = LiveServer(running, chat, store, clock, settings)
+        started.append(live)
+        return live
+
+    try:
+        yield start
+    finally:
+        for live in started:
+            live.chat.hold.set()
+            await live.close_clients()
+            await live.running.stop()
+
+
+@pytest.fixture
+async def live(start_server: StartServer) -> LiveServer:
+    return await start_server()

@@ -1,0 +1,162 @@
+"""POST /chatkit: ChatKit's requests answered in ChatKit's shapes, streams with our ids."""
+
+from __future__ import annotations
+
+import asyncio
+
+from http_harness import (
+    LiveServer,
+    SseReader,
+    add_message,
+    chatkit_items_page,
+    chatkit_thread,
+    chatkit_threads_page,
+    create_thread,
+    request,
+    run_id_of,
+    stream,
+    thread_id_of,
+    validate_event,
+)
+
+
+async def test_full_exchange_parses_with_chatkit_types(live: LiveServer) -> None:
+    client = live.client()
+
+    response, events = await stream(client, create_thread("hello there, echo me"))
+
+    assert response.headers["content-type"].startswith("text/event-stream")
+    assert response.headers["cache-control"] == "no-cache"
+    assert response.headers["x-accel-buffering"] == "no"
+    assert response.headers["x-session-id"].startswith("ses_")
+    for event in events:
+        validate_event(event)
+    seqs = [event.seq for event in events]
+    assert seqs == list(range(1, len(events) + 1))
+    types = [event.type for event in events]
+    assert types[:4] == ["run.started", "thread.created", "thread.item.done", "stream_options"]
+    assert types[-2:] == ["thread.updated", "run.completed"]
+    thread_id = thread_id_of(events)
+    # Forwarded as stored: the same text, byte for byte, under the same seq.
+    stored = await live.store.read_events(thread_id, 0, 1000)
+    assert [(event.seq, event.data) for event in events] == [(e.seq, e.data) for e in stored]
+
+    items = await client.post("/chatkit", json=request("items.list", thread_id=thread_id))
+    page = chatkit_items_page.validate_json(items.content)
+    assert [item.type for item in page.data] == ["assistant_message", "user_message"]
+    assert page.data[0].content[0].text == "hello there, echo me"
+
+    thread = await client.post("/chatkit", json=request("threads.get_by_id", thread_id=thread_id))
+    loaded = chatkit_thread.validate_json(thread.content)
+    assert loaded.id == thread_id
+    assert [item.type for item in loaded.items.data] == ["user_message", "assistant_message"]
+
+    listed = await client.post("/chatkit", json=request("threads.list"))
+    threads = chatkit_threads_page.validate_json(listed.content)
+    assert [t.id for t in threads.data] == [thread_id]
+
+    renamed = await client.post(
+        "/chatkit", json=request("threads.update", thread_id=thread_id, title="Renamed")
+    )
+    assert chatkit_thread.validate_json(renamed.content).title == "Renamed"
+
+    deleted = await client.post("/chatkit", json=request("threads.delete", thread_id=thread_id))
+    assert (deleted.status_code, deleted.json()) == (200, {})
+    gone = await client.post("/chatkit", json=request("threads.get_by_id", thread_id=thread_id))
+    assert gone.status_code == 404
+    assert gone.json()["error"]["code"] == "thread_not_found"
+
+
+async def test_a_session_is_created_when_absent_and_kept_when_named(live: LiveServer) -> None:
+    client = live.client()
+
+    first = await client.post("/chatkit", json=request("threads.list"))
+    session_id = first.headers["x-session-id"]
+    again = await client.post(
+        "/chatkit", json=request("threads.list"), headers={"X-Session-Id": session_id}
+    )
+
+    assert again.headers["x-session-id"] == session_id
+    assert (await client.get(f"/sessions/{session_id}")).json()["state"] == "created"
+
+
+async def test_busy_thread_with_reject_policy_is_409_before_any_event(live: LiveServer) -> None:
+    client = live.client()
+    _, events = await stream(client, create_thread("first"))
+    thread_id = thread_id_of(events)
+    live.chat.hold.clear()
+    async with client.stream("POST", "/chatkit", json=add_message(thread_id, "a b c")) as running:
+        await asyncio.wait_for(live.chat.paused.wait(), 5)
+
+        refused = await client.post(
+            "/chatkit", json=add_message(thread_id, "second", double_texting="reject")
+        )
+
+        assert refused.status_code == 409
+        assert refused.headers["content-type"] == "application/json"
+        assert refused.json()["error"]["code"] == "thread_busy"
+        live.chat.hold.set()
+        await SseReader(running).until_run_ends()
+    items = await client.post("/chatkit", json=request("items.list", thread_id=thread_id))
+    texts = [item["content"][0]["text"] for item in items.json()["data"]]
+    assert "second" not in texts
+
+
+async def test_retry_after_item_answers_again(live: LiveServer) -> None:
+    client = live.client()
+    _, events = await stream(client, create_thread("say it twice"))
+    thread_id = thread_id_of(events)
+    user_item = next(e.payload["item"]["id"] for e in events if e.type == "thread.item.done")
+
+    _, retried = await stream(
+        client, request("threads.retry_after_item", thread_id=thread_id, item_id=user_item)
+    )
+
+    assert retried[-1].type == "run.completed"
+    items = (await client.post("/chatkit", json=request("items.list", thread_id=thread_id))).json()
+    assert [item["type"] for item in items["data"]] == ["assistant_message", "user_message"]
+
+
+async def test_retried_post_with_same_idempotency_key_adds_one_message(live: LiveServer) -> None:
+    client = live.client()
+    _, events = await stream(client, create_thread("start"))
+    thread_id = thread_id_of(events)
+    body = add_message(thread_id, "only once please")
+    key = {"Idempotency-Key": "retry-1"}
+
+    concurrent = await asyncio.gather(stream(client, body, key), stream(client, body, key))
+    _, after = await stream(client, body, key)
+
+    streams = [events for _, events in concurrent] + [after]
+    assert {run_id_of(events) for events in streams} == {run_id_of(after)}
+    assert all(events == after for events in streams)
+    items = (await client.post("/chatkit", json=request("items.list", thread_id=thread_id))).json()
+    texts = [item["content"][0]["text"] for item in items["data"]]
+    assert texts.count("only once please") == 2  # one user message, one answer
+
+
+async def test_retried_post_with_last_event_id_resumes_after_it(live: LiveServer) -> None:
+    client = live.client()
+    _, events = await stream(client, create_thread("one two three four"))
+    thread_id = thread_id_of(events)
+    body = add_message(thread_id, "five six seven")
+    key = "resume-1"
+    _, whole = await stream(client, body, {"Idempotency-Key": key})
+
+    cut = whole[3]
+    _, rest = await stream(client, body, {"Idempotency-Key": key, "Last-Event-ID": cut.id or ""})
+
+    assert rest == whole[4:]
+
+
+async def test_concurrent_creates_with_one_idempotency_key_make_one_thread(
+    live: LiveServer,
+) -> None:
+    client = live.client()
+    key = {"Idempotency-Key": "create-once"}
+
+    answers = await asyncio.gather(*(stream(client, create_thread("once"), key) for _ in range(3)))
+
+    assert {thread_id_of(events) for _, events in answers} == {thread_id_of(answers[0][1])}
+    listed = await client.post("/chatkit", json=request("threads.list"))
+    assert len(listed.json()["data"]) == 1
