@@ -40,11 +40,11 @@ class Settings(BaseSettings):
     double_texting: DoubleTexting = "queue"
     # Group commit: flush buffered events after this window or this many events.
     commit_window_ms: float = Field(default=5.0, ge=0)
-    commit_max_events: int = Field(default=200, ge=1)
+    commit_max_events: int = Field(default=500, ge=1)
     # A turn whose producer outruns the database waits once this many events are unflushed.
     max_pending_events: int = Field(default=5000, ge=1)
     subscriber_queue_size: int = Field(default=1000, ge=1)
-    replay_page_size: int = Field(default=500, ge=1)
+    replay_page_size: int = Field(default=2000, ge=1)
     # The event log keeps at most this many events per thread; older cursors get `resync`.
     event_log_max_per_thread: int = Field(default=100_000, ge=100)
     history_limit: int = Field(default=100, ge=1)
