@@ -8,12 +8,14 @@ transactions start with BEGIN IMMEDIATE, so writers queue instead of failing "da
 from __future__ import annotations
 
 import asyncio
+import functools
+import logging
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, ParamSpec, TypeVar
 
 import aiosqlite
 import psycopg
@@ -27,9 +29,47 @@ from chatserver.locks import KeyedLock
 from chatserver.store import models
 from chatserver.store.models import ItemRow, RunRow, SessionRow, ThreadRow
 
+logger = logging.getLogger(__name__)
+
 Order = Literal["asc", "desc"]
 Model = TypeVar("Model", bound=SQLModel)
 Outcome = TypeVar("Outcome")
+Params = ParamSpec("Params")
+Result = TypeVar("Result")
+
+# Write transactions still finishing for callers that were cancelled (kept referenced).
+_detached_writes: set[asyncio.Task[Any]] = set()
+
+
+def _whole(
+    write: Callable[Params, Coroutine[Any, Any, Result]],
+) -> Callable[Params, Coroutine[Any, Any, Result]]:
+    """Run a write transaction to its end even if its caller is cancelled (a client that
+    disconnects, a stopped turn): the caller stops waiting, the transaction still commits
+    or rolls back whole and gives its connection back. Interrupted mid-statement, SQLite's
+    single writer connection was lost with its write lock held, and every later write hung.
+    """
+
+    @functools.wraps(write)
+    async def run_whole(*args: Params.args, **kwargs: Params.kwargs) -> Result:
+        task = asyncio.ensure_future(write(*args, **kwargs))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if not task.done():
+                _detached_writes.add(task)
+                task.add_done_callback(_forget_detached)
+            raise
+
+    return run_whole
+
+
+def _forget_detached(task: asyncio.Task[Any]) -> None:
+    _detached_writes.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        logger.error(
+            "a write finished after its caller left, and failed", exc_info=task.exception()
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +176,7 @@ class Store:
 
     # -- sessions --------------------------------------------------------------------------
 
+    @_whole
     async def insert_session(self, row: SessionRow) -> None:
         async with self.write(row.id) as conn:
             await conn.execute(sa.insert(models.sessions).values(**row.model_dump()))
@@ -143,6 +184,7 @@ class Store:
     async def get_session(self, session_id: str) -> SessionRow | None:
         return await self._get(models.sessions, SessionRow, session_id)
 
+    @_whole
     async def update_session(
         self, session_id: str, expected_version: int, values: Mapping[str, Any]
     ) -> SessionRow:
@@ -151,6 +193,7 @@ class Store:
                 conn, models.sessions, SessionRow, session_id, expected_version, values
             )
 
+    @_whole
     async def modify_session(
         self,
         session_id: str,
@@ -221,6 +264,7 @@ class Store:
 
     # -- threads ---------------------------------------------------------------------------
 
+    @_whole
     async def insert_thread(self, row: ThreadRow) -> None:
         async with self.write(row.id) as conn:
             await conn.execute(sa.insert(models.threads).values(**row.model_dump()))
@@ -235,6 +279,7 @@ class Store:
         query = sa.select(t).where(t.c.user_id == user_id)
         return await self._page(query, t.c.id, ThreadRow, limit, after, order)
 
+    @_whole
     async def update_thread(
         self, thread_id: str, values: Mapping[str, Any], *, expected_version: int | None = None
     ) -> ThreadRow:
@@ -249,6 +294,7 @@ class Store:
                 conn, models.threads, ThreadRow, thread_id, expected_version, values
             )
 
+    @_whole
     async def delete_thread(self, thread_id: str) -> bool:
         async with self.write(thread_id) as conn:
             # Children first: SQLite enforces ON DELETE CASCADE only with foreign_keys=ON,
@@ -260,6 +306,7 @@ class Store:
             )
             return bool(result.rowcount)
 
+    @_whole
     async def claim_thread(self, thread_id: str, run_id: str, now: datetime) -> bool:
         """Mark the thread running for `run_id` unless another run holds it."""
         t = models.threads
@@ -274,6 +321,7 @@ class Store:
             )
             return bool(result.rowcount)
 
+    @_whole
     async def release_thread(self, thread_id: str, run_id: str, values: Mapping[str, Any]) -> bool:
         """Mark the thread idle if `run_id` still holds it, applying `values` too."""
         t = models.threads
@@ -287,10 +335,12 @@ class Store:
 
     # -- items -----------------------------------------------------------------------------
 
+    @_whole
     async def insert_item(self, row: ItemRow) -> None:
         async with self.write(row.thread_id) as conn:
             await conn.execute(sa.insert(models.items).values(**row.model_dump()))
 
+    @_whole
     async def update_item(self, item_id: str, values: Mapping[str, Any]) -> None:
         async with self.write() as conn:
             await conn.execute(
@@ -313,6 +363,7 @@ class Store:
         async with self.read() as conn:
             return [_row(ItemRow, r) for r in await conn.execute(query.order_by(t.c.id))]
 
+    @_whole
     async def delete_items_after(self, thread_id: str, item_id: str) -> int:
         t = models.items
         async with self.write(thread_id) as conn:
@@ -323,6 +374,7 @@ class Store:
 
     # -- events ----------------------------------------------------------------------------
 
+    @_whole
     async def append_events(
         self,
         thread_id: str,
@@ -390,6 +442,7 @@ class Store:
             )
             return int(found or 0)
 
+    @_whole
     async def trim_events(self, thread_id: str, keep: int) -> int:
         """Drop all but the newest `keep` events of a thread."""
         e = models.events
@@ -402,6 +455,7 @@ class Store:
 
     # -- runs ------------------------------------------------------------------------------
 
+    @_whole
     async def insert_run(self, row: RunRow) -> None:
         async with self.write(row.thread_id) as conn:
             await conn.execute(sa.insert(models.runs).values(**row.model_dump()))
@@ -416,12 +470,14 @@ class Store:
             found = (await conn.execute(query)).first()
             return _row(RunRow, found) if found else None
 
+    @_whole
     async def update_run(self, run_id: str, values: Mapping[str, Any]) -> None:
         async with self.write() as conn:
             await conn.execute(
                 sa.update(models.runs).where(models.runs.c.id == run_id).values(**values)
             )
 
+    @_whole
     async def renew_leases(self, owner: str, run_ids: Sequence[str], until: datetime) -> None:
         """Extend the leases of the runs this owner is still working on. Only those: a run
         whose last write failed must lapse so that recovery can close it."""
@@ -450,6 +506,7 @@ class Store:
         async with self.read() as conn:
             return [_row(RunRow, row) for row in await conn.execute(query)]
 
+    @_whole
     async def claim_lapsed_run(
         self, run_id: str, owner: str, now: datetime, until: datetime
     ) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -564,3 +565,30 @@ async def test_session_metadata_round_trips_as_json(store: Store) -> None:
 
     assert loaded is not None
     assert loaded.meta == meta
+
+
+# -- cancellation ----------------------------------------------------------------------------
+
+
+async def test_a_cancelled_write_commits_whole_and_leaves_the_store_writable(
+    store: Store,
+) -> None:
+    """A client that disconnects cancels its request mid-write. On SQLite that used to lose
+    the single writer connection with its write lock held: every later write hung."""
+    thread = await new_thread(store)
+    batch = [NewEvent(None, "thread.item.updated", "x" * 200) for _ in range(2000)]
+    for attempt in range(12):
+        write = asyncio.create_task(store.append_events(thread.id, batch, created_at=T0))
+        await asyncio.sleep(0.001 * (attempt % 4))
+        write.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await write
+        await asyncio.wait_for(
+            store.append_events(thread.id, [NewEvent(None, "probe", "{}")], created_at=T0),
+            timeout=10,
+        )
+
+    events = await store.read_events(thread.id, 0, 100_000)
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    # Each cancelled batch is all there or not at all, never cut short.
+    assert (len(events) - 12) % 2000 == 0
