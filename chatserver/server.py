@@ -351,11 +351,12 @@ class ChatServer:
                 if run.id in self._cancel_reasons:
                     await self._finish_unstarted(run, self._cancel_reasons.pop(run.id))
                     return
-                if not await self._claim(run):
+                thread = await self._claim(run)
+                if thread is None:
                     return
                 self._running_by_thread[run.thread_id] = run.id
                 try:
-                    await self._execute(request)
+                    await self._execute(request, thread)
                 finally:
                     self._running_by_thread.pop(run.thread_id, None)
         except asyncio.CancelledError:
@@ -377,14 +378,14 @@ class ChatServer:
             if not open_runs:
                 del self._open_runs[run.thread_id]
 
-    async def _claim(self, run: RunRow) -> bool:
+    async def _claim(self, run: RunRow) -> ThreadRow | None:
         """Take the thread in the database; wait while another instance's turn holds it."""
         deadline = asyncio.get_running_loop().time() + self.settings.queue_wait_seconds
         delay = 0.05
-        while not await self.store.claim_thread(run.thread_id, run.id, self.clock.now()):
+        while (claimed := await self.store.claim_thread(run.thread_id, run.id)) is None:
             thread = await self.store.get_thread(run.thread_id)
             if thread is None:
-                return False
+                return None
             if thread.active_run_id is not None:
                 holder = await self.store.get_run(thread.active_run_id)
                 if holder is None or holder.status not in ("queued", "running"):
@@ -392,16 +393,13 @@ class ChatServer:
                     continue
             if asyncio.get_running_loop().time() > deadline:
                 await self._finish_unstarted(run, "queue_timeout")
-                return False
+                return None
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
-        return True
+        return claimed
 
-    async def _execute(self, request: _TurnRequest) -> None:
+    async def _execute(self, request: _TurnRequest, thread_row: ThreadRow) -> None:
         run, context = request.run, request.context
-        thread_row = await self.store.get_thread(run.thread_id)
-        if thread_row is None:
-            return
         context.thread_id = run.thread_id
         writer = await self.events.open_writer(run.thread_id)
         turn = TurnRecorder(writer, run.id)

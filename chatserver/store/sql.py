@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mappin
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal, ParamSpec, TypeVar
+from typing import Any, Literal, NamedTuple, ParamSpec, TypeVar
 
 import aiosqlite
 import psycopg
@@ -79,8 +79,10 @@ class NewEvent:
     data: str
 
 
-@dataclass(frozen=True, slots=True)
-class StoredEvent:
+class StoredEvent(NamedTuple):
+    """One logged event. A NamedTuple: immutable, and built from a driver row ~2.7x faster
+    than a frozen dataclass, which is ~10% of a replay (bench/)."""
+
     seq: int
     run_id: str | None
     type: str
@@ -307,19 +309,23 @@ class Store:
             return bool(result.rowcount)
 
     @_whole
-    async def claim_thread(self, thread_id: str, run_id: str, now: datetime) -> bool:
-        """Mark the thread running for `run_id` unless another run holds it."""
+    async def claim_thread(self, thread_id: str, run_id: str) -> ThreadRow | None:
+        """Mark the thread running for `run_id` unless another run holds it; the claimed row,
+        or None if the thread is held (or gone)."""
         t = models.threads
         async with self.write(thread_id) as conn:
-            result = await conn.execute(
-                sa.update(t)
-                .where(
-                    t.c.id == thread_id,
-                    sa.or_(t.c.active_run_id.is_(None), t.c.active_run_id == run_id),
+            claimed = (
+                await conn.execute(
+                    sa.update(t)
+                    .where(
+                        t.c.id == thread_id,
+                        sa.or_(t.c.active_run_id.is_(None), t.c.active_run_id == run_id),
+                    )
+                    .values(status="running", active_run_id=run_id, version=t.c.version + 1)
+                    .returning(*t.c)
                 )
-                .values(status="running", active_run_id=run_id, version=t.c.version + 1)
-            )
-            return bool(result.rowcount)
+            ).first()
+            return _row(ThreadRow, claimed) if claimed else None
 
     @_whole
     async def release_thread(self, thread_id: str, run_id: str, values: Mapping[str, Any]) -> bool:
@@ -649,7 +655,7 @@ async def _select_events_postgresql(
         async with driver.cursor() as cursor:
             await cursor.execute(_PG_SELECT_EVENTS, (thread_id, after, limit))
             rows = await cursor.fetchall()
-    return [StoredEvent(*row) for row in rows]
+    return list(map(StoredEvent._make, rows))
 
 
 async def _select_events_sqlite(
@@ -660,7 +666,7 @@ async def _select_events_sqlite(
     assert isinstance(driver, aiosqlite.Connection)
     with _as_sqlalchemy_error(_SQLITE_SELECT_EVENTS, sqlite3.Error):
         rows = await driver.execute_fetchall(_SQLITE_SELECT_EVENTS, (thread_id, after, limit))
-    return [StoredEvent(*row) for row in rows]
+    return list(map(StoredEvent._make, rows))
 
 
 async def _psycopg(conn: AsyncConnection) -> psycopg.AsyncConnection[Any]:
