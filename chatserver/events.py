@@ -81,11 +81,6 @@ class LocalBroker:
         for subscription in tuple(self._subscribers.get(thread_id, ())):
             subscription.push(events)
 
-    def subscriber_count(self, thread_id: str | None = None) -> int:
-        if thread_id is not None:
-            return len(self._subscribers.get(thread_id, ()))
-        return sum(len(s) for s in self._subscribers.values())
-
 
 @dataclass(slots=True)
 class _Pending:

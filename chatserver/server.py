@@ -339,9 +339,6 @@ class ChatServer:
     def subscribe(self, thread_id: str, after: int) -> AsyncIterator[StoredEvent]:
         return self.events.subscribe(thread_id, after)
 
-    def active_run_count(self) -> int:
-        return len(self._tasks)
-
     # -- running a turn --------------------------------------------------------------------
 
     async def _run_turn(self, request: _TurnRequest) -> None:
@@ -410,9 +407,7 @@ class ChatServer:
             await self._record_turn(context, run.thread_id)
             await turn.emit(RunStartedEvent(run_id=run.id))
             if request.thread_created:
-                await turn.emit(
-                    ThreadCreatedEvent(thread=Thread(**thread.model_dump(), items=Page()))
-                )
+                await turn.emit(ThreadCreatedEvent(thread=Thread.without_items(thread)))
             user_item = await self._user_item(request, turn)
             await turn.emit(StreamOptionsEvent(stream_options=StreamOptions(allow_cancel=True)))
             responses = self.respond(thread, user_item, context)
@@ -426,9 +421,7 @@ class ChatServer:
                     await close()
             changes = _thread_changes(before, thread)
             if changes:
-                await turn.emit(
-                    ThreadUpdatedEvent(thread=Thread(**thread.model_dump(), items=Page()))
-                )
+                await turn.emit(ThreadUpdatedEvent(thread=Thread.without_items(thread)))
             self._ending(run)
             await turn.emit(
                 RunCompletedEvent(run_id=run.id), self._run_end(run, "completed", changes)
@@ -643,10 +636,6 @@ def _thread_changes(before: ThreadMetadata, after: ThreadMetadata) -> dict[str, 
     if after.metadata != before.metadata:
         changes["meta"] = after.metadata
     return changes
-
-
-def _with_no_items(thread: ThreadMetadata) -> Thread:
-    return Thread(**thread.model_dump(), items=Page())
 
 
 def thread_metadata(row: ThreadRow) -> ThreadMetadata:

@@ -187,17 +187,22 @@ class SessionManager:
         return await self._transition(session_id, mark)
 
     async def update(
-        self, user_id: str, session_id: str, metadata: Mapping[str, Any]
+        self, user_id: str, session_id: str, metadata: Mapping[str, Any], *, merge: bool = False
     ) -> SessionRow:
-        """Replace the session's metadata; the timeout is re-resolved and expiry recomputed."""
-        timeout = self.policies.resolve(metadata)
+        """Replace the session's metadata, or with `merge` patch it (a None value removes
+        its key); the timeout is re-resolved and expiry recomputed. The merge happens under
+        the session's lock, so concurrent patches of different keys all stick."""
+        if not merge:
+            self.policies.resolve(metadata)  # refuse bad metadata before touching anything
         current = await self.get(user_id, session_id)
 
         def apply(row: SessionRow, now: datetime) -> tuple[SessionRow | None, _Outcome] | None:
             ended = self._ended(row, now)
             if ended is not None:
                 return ended
-            row.meta = dict(metadata)
+            new = {**row.meta, **metadata} if merge else dict(metadata)
+            row.meta = {key: value for key, value in new.items() if value is not None}
+            timeout = self.policies.resolve(row.meta)
             row.timeout_policy = timeout.policy
             row.timeout_seconds = timeout.seconds
             row.expires_at = row.last_activity_at + timedelta(seconds=timeout.seconds)

@@ -142,6 +142,11 @@ class ThreadMetadata(BaseModel):
 class Thread(ThreadMetadata):
     items: Page[ThreadItem]
 
+    @classmethod
+    def without_items(cls, metadata: ThreadMetadata) -> Thread:
+        # How ChatKit sends a thread in events and lists: its items come separately.
+        return cls(**metadata.model_dump(), items=Page())
+
 
 # --- Item updates -------------------------------------------------------------------------
 

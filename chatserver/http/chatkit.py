@@ -119,7 +119,9 @@ class ChatKitEndpoint:
         key = options.idempotency_key
         match req:
             case ThreadsCreateRequest():
-                return await self._create_thread(req, context, key)
+                return await self._server.create_thread_and_start_turn(
+                    context, req.params.input, idempotency_key=key
+                )
             case ThreadsAddUserMessageRequest():
                 return await self._server.start_turn(
                     context,
@@ -164,7 +166,7 @@ class ChatKitEndpoint:
                 )
                 # ChatKit lists threads as Thread objects with an empty items page.
                 page = Page[Thread](
-                    data=[Thread(**t.model_dump(), items=Page()) for t in threads.data],
+                    data=[Thread.without_items(t) for t in threads.data],
                     has_more=threads.has_more,
                     after=threads.after,
                 )
@@ -182,7 +184,7 @@ class ChatKitEndpoint:
                 row = await server.update_thread(
                     user_id, req.params.thread_id, title=req.params.title
                 )
-                return _json(Thread(**thread_metadata(row).model_dump(), items=Page()))
+                return _json(Thread.without_items(thread_metadata(row)))
             case ThreadsDeleteRequest():
                 await server.delete_thread(user_id, req.params.thread_id)
                 return JSONResponse({})
@@ -207,13 +209,6 @@ class ChatKitEndpoint:
             self._server.stream_run(handle, after), session_id=context.session.id
         )
         return sse_response(stream, self._services.settings.heartbeat_seconds)
-
-    async def _create_thread(
-        self, req: ThreadsCreateRequest, context: RequestContext, key: str | None
-    ) -> RunHandle:
-        return await self._server.create_thread_and_start_turn(
-            context, req.params.input, idempotency_key=key
-        )
 
 
 def _not_supported(request_type: str) -> BadRequest:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any, Literal, get_args
+from typing import Any, Literal, cast, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
@@ -56,11 +56,7 @@ class SessionPatch(BaseModel):
 
 def tab_strategy(session: SessionRow) -> TabStrategy:
     value = session.meta.get("tab_strategy")
-    if value == "per_tab":
-        return "per_tab"
-    if value == "active_tab_wins":
-        return "active_tab_wins"
-    return "shared"
+    return cast(TabStrategy, value) if value in TAB_STRATEGIES else "shared"
 
 
 def requested_session_id(request: Request, *, allow_query: bool = False) -> str | None:
@@ -120,12 +116,9 @@ class SessionEndpoints:
     async def update(self, request: Request) -> Response:
         user_id = await self._services.authenticate(request)
         patch = parse_body(SessionPatch, await self._body(request))
+        _check_metadata(patch.metadata)
         session_id = request.path_params["session_id"]
-        current = await self._sessions.get(user_id, session_id)
-        metadata = {**current.meta, **patch.metadata}
-        metadata = {key: value for key, value in metadata.items() if value is not None}
-        _check_metadata(metadata)
-        return _json(await self._sessions.update(user_id, session_id, metadata))
+        return _json(await self._sessions.update(user_id, session_id, patch.metadata, merge=True))
 
     async def close(self, request: Request) -> Response:
         user_id = await self._services.authenticate(request)

@@ -346,13 +346,6 @@ class Store:
         async with self.write(row.thread_id) as conn:
             await conn.execute(sa.insert(models.items).values(**row.model_dump()))
 
-    @_whole
-    async def update_item(self, item_id: str, values: Mapping[str, Any]) -> None:
-        async with self.write() as conn:
-            await conn.execute(
-                sa.update(models.items).where(models.items.c.id == item_id).values(**values)
-            )
-
     async def get_item(self, item_id: str) -> ItemRow | None:
         return await self._get(models.items, ItemRow, item_id)
 
@@ -362,12 +355,6 @@ class Store:
         t = models.items
         query = sa.select(t).where(t.c.thread_id == thread_id)
         return await self._page(query, t.c.id, ItemRow, limit, after, order)
-
-    async def list_items_by_status(self, thread_id: str, status: str) -> list[ItemRow]:
-        t = models.items
-        query = sa.select(t).where(t.c.thread_id == thread_id, t.c.status == status)
-        async with self.read() as conn:
-            return [_row(ItemRow, r) for r in await conn.execute(query.order_by(t.c.id))]
 
     @_whole
     async def delete_items_after(self, thread_id: str, item_id: str) -> int:

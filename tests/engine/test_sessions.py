@@ -272,6 +272,22 @@ async def test_record_turn_on_an_expired_session_is_refused(
 # -- update ------------------------------------------------------------------------------------
 
 
+async def test_concurrent_metadata_patches_of_different_keys_all_stick(
+    store: Store, clock: ManualClock
+) -> None:
+    manager = make_manager(store, clock)
+    session_id = (await manager.context(USER, None, {"timeout_policy": "standard"})).session.id
+
+    await asyncio.gather(
+        *(manager.update(USER, session_id, {f"key{n}": n}, merge=True) for n in range(10))
+    )
+    await manager.update(USER, session_id, {"key0": None, "timeout_policy": "lenient"}, merge=True)
+
+    row = await stored(store, session_id)
+    assert row.meta == {"timeout_policy": "lenient", **{f"key{n}": n for n in range(1, 10)}}
+    assert row.timeout_seconds == 4 * HOUR
+
+
 async def test_update_to_a_longer_policy_extends_expiry_from_last_activity(
     store: Store, clock: ManualClock
 ) -> None:
