@@ -55,6 +55,7 @@ from chatserver.types import (
 DEFAULT_PAGE_LIMIT = 20
 THREAD_ITEM_LIMIT = 100
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+SNAPSHOT_SEQ_HEADER = "X-Event-Seq"
 _MAX_IDEMPOTENCY_KEY_LENGTH = 200
 
 
@@ -152,11 +153,14 @@ class ChatKitEndpoint:
         server = self._server
         match req:
             case ThreadsGetByIdRequest():
-                thread = await server.load_thread(
+                thread, seq = await server.load_thread(
                     user_id, req.params.thread_id, item_limit=THREAD_ITEM_LIMIT
                 )
                 thread.items = _visible(thread.items)
-                return _json(thread)
+                response = _json(thread)
+                # Follow `GET /threads/{id}/events?after=<this>` to stay current from here.
+                response.headers[SNAPSHOT_SEQ_HEADER] = str(seq)
+                return response
             case ThreadsListRequest():
                 threads = await server.list_threads(
                     user_id,

@@ -256,3 +256,42 @@ async def test_shutdown_with_twenty_open_streams_finishes_quickly(live: LiveServ
     assert len(endings) == 20
     run = await live.store.get_run(run_id_of(endings[0]))
     assert run is not None and run.status == "cancelled"
+
+
+async def test_get_by_id_tells_the_seq_its_snapshot_reflects_so_following_misses_nothing(
+    live: LiveServer,
+) -> None:
+    client = live.client()
+    thread_id, first = await new_thread(client, "done already")
+    idle = await client.post("/chatkit", json=request("threads.get_by_id", thread_id=thread_id))
+    assert int(idle.headers["x-event-seq"]) == first[-1].seq
+
+    # Mid-answer: the items hold the user message and an empty answer in progress, so the
+    # snapshot's seq is the run's start and following from it rebuilds the answer once.
+    live.chat.hold.clear()
+    live.chat.paused.clear()
+    async with client.stream("POST", "/chatkit", json=add_message(thread_id, EIGHT_WORDS)) as r:
+        run_events = SseReader(r)
+        await eventually(live.chat.paused.is_set)
+        await eventually(lambda: _committed_deltas(live, thread_id, first[-1].seq), within=5)
+        snapshot = await client.post(
+            "/chatkit", json=request("threads.get_by_id", thread_id=thread_id)
+        )
+        seq = int(snapshot.headers["x-event-seq"])
+        assert seq == first[-1].seq
+        async with client.stream("GET", f"/threads/{thread_id}/events?after={seq}") as follow:
+            live.chat.hold.set()
+            followed = await SseReader(follow).until_run_ends()
+        whole = await run_events.until_run_ends()
+    assert followed == whole
+    text = "".join(
+        e.payload["update"]["delta"]
+        for e in followed
+        if e.type == "thread.item.updated" and "delta" in e.payload["update"]
+    )
+    assert text == EIGHT_WORDS
+
+
+async def _committed_deltas(live: LiveServer, thread_id: str, after: int) -> bool:
+    events = await live.store.read_events(thread_id, after, 100)
+    return any(e.type == "thread.item.updated" for e in events)
