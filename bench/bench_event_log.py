@@ -46,7 +46,8 @@ from chatserver.ids import IdKind, new_id  # noqa: E402
 from chatserver.responders.messages import stream_assistant_message  # noqa: E402
 from chatserver.server import ChatServer  # noqa: E402
 from chatserver.sessions import RequestContext  # noqa: E402
-from chatserver.store import NewEvent, Store, StoredEvent, sql  # noqa: E402
+from chatserver.store import NewEvent, Store, StoredEvent, models  # noqa: E402
+from chatserver.store.events import insert_events_core  # noqa: E402
 from chatserver.store.models import ThreadRow  # noqa: E402
 from chatserver.types import (  # noqa: E402
     AssistantMessageContentPartTextDelta,
@@ -100,12 +101,20 @@ class CoreStore(Store):
         new_events: Sequence[NewEvent],
         created_at: datetime,
     ) -> None:
-        await sql._insert_events_core(conn, thread_id, first_seq, new_events, created_at)
+        await insert_events_core(conn, thread_id, first_seq, new_events, created_at)
 
     async def _select_events(
         self, conn: AsyncConnection, thread_id: str, after: int, limit: int
     ) -> list[StoredEvent]:
-        return await sql._select_events_core(conn, thread_id, after, limit)
+        e = models.events
+        query = (
+            sa.select(e.c.seq, e.c.run_id, e.c.type, e.c.data)
+            .where(e.c.thread_id == thread_id, e.c.seq > after)
+            .order_by(e.c.seq)
+            .limit(limit)
+        )
+        result = await conn.execute(query)
+        return [StoredEvent(seq, run_id, type_, data) for seq, run_id, type_, data in result]
 
 
 # -- results ---------------------------------------------------------------------------------

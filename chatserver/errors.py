@@ -9,7 +9,11 @@
     ├── Unauthorized          unauthorized
     ├── Conflict              conflict, idempotency_conflict
     │   └── ThreadBusy        thread_busy
-    └── ServiceUnavailable    unavailable
+    ├── ServiceUnavailable    unavailable
+    └── InvalidEvent          invalid_event (a turn's respond() yielded a server event)
+
+Turn failures travel as `error` events with `error_code`: responder_failed, run_interrupted,
+invalid_event, or the code of the ChatServerError respond() raised.
 
 Codes are part of the API: clients switch on them, so they never change meaning.
 The HTTP layer is the only place that turns a code into a status.
@@ -41,6 +45,7 @@ class ErrorCode(StrEnum):
     INTERNAL = "internal_error"
     RESPONDER_FAILED = "responder_failed"
     RUN_INTERRUPTED = "run_interrupted"
+    INVALID_EVENT = "invalid_event"
 
 
 class ChatServerError(Exception):
@@ -82,3 +87,9 @@ class ThreadBusy(Conflict):
 
 class ServiceUnavailable(ChatServerError):
     default_code = ErrorCode.UNAVAILABLE
+
+
+class InvalidEvent(ChatServerError):
+    """respond() broke its contract (yielded something that is not a ChatKit event)."""
+
+    default_code = ErrorCode.INVALID_EVENT

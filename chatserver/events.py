@@ -11,10 +11,11 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from chatserver.clock import Clock
 from chatserver.config import Settings
-from chatserver.store import ItemWrite, NewEvent, RunEnd, Store, StoredEvent
+from chatserver.store import ItemChange, NewEvent, RunEnd, Store, StoredEvent
 from chatserver.types import ResyncEvent, dump_json
 
 logger = logging.getLogger(__name__)
@@ -57,6 +58,20 @@ class Subscription:
         await self._wakeup.wait()
 
 
+class Broker(Protocol):
+    """Fan-out of committed events to the subscribers of a thread. The in-process broker
+    serves one instance; a broker shared by instances (PostgreSQL NOTIFY, Redis) also
+    wakes subscribers of other processes."""
+
+    def subscribe(self, thread_id: str) -> Subscription: ...
+
+    def unsubscribe(self, subscription: Subscription) -> None: ...
+
+    def publish(self, thread_id: str, events: list[StoredEvent]) -> None:
+        """Called once the events are committed, in seq order."""
+        ...
+
+
 class LocalBroker:
     """In-process fan-out of committed events to the subscribers of a thread."""
 
@@ -84,8 +99,9 @@ class LocalBroker:
 
 @dataclass(slots=True)
 class _Pending:
-    event: StoredEvent
-    item_write: ItemWrite | None
+    # None: a change written without an event (an item clients never see).
+    event: StoredEvent | None
+    item_change: ItemChange | None
     run_end: RunEnd | None = None
 
 
@@ -98,7 +114,9 @@ class ThreadWriter:
     thread_id: str
     next_seq: int
     _buffer: list[_Pending] = field(default_factory=list)
-    _unflushed: int = 0
+    # Buffered units (events and event-less changes) so far, and how many are committed.
+    _written: int = 0
+    _committed: int = 0
     _wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     _drained: asyncio.Condition = field(default_factory=asyncio.Condition)
     _failure: BaseException | None = None
@@ -113,29 +131,36 @@ class ThreadWriter:
         run_id: str | None,
         type_: str,
         data: str,
-        item_write: ItemWrite | None = None,
+        item_change: ItemChange | None = None,
         run_end: RunEnd | None = None,
     ) -> int:
         """Buffer one event and return its seq. Waits only when the database falls behind."""
-        if self._failure is not None:
-            raise self._failure
         seq = self.next_seq
         self.next_seq += 1
-        self._buffer.append(_Pending(StoredEvent(seq, run_id, type_, data), item_write, run_end))
-        self._unflushed += 1
-        if len(self._buffer) == 1 or len(self._buffer) >= self.log.settings.commit_max_events:
-            self._wakeup.set()
-        if self._unflushed > self.log.settings.max_pending_events:
-            await self.flush()
+        await self._buffered(_Pending(StoredEvent(seq, run_id, type_, data), item_change, run_end))
         return seq
 
+    async def save(self, item_change: ItemChange) -> None:
+        """Buffer a change that no client is told about, committed in order with the events."""
+        await self._buffered(_Pending(None, item_change))
+
+    async def _buffered(self, pending: _Pending) -> None:
+        if self._failure is not None:
+            raise self._failure
+        self._buffer.append(pending)
+        self._written += 1
+        if len(self._buffer) == 1 or len(self._buffer) >= self.log.settings.commit_max_events:
+            self._wakeup.set()
+        if self._written - self._committed > self.log.settings.max_pending_events:
+            await self.flush()
+
     async def flush(self) -> None:
-        """Return once everything emitted so far is committed and published."""
-        target = self.next_seq - 1
+        """Return once everything buffered so far is committed and published."""
+        target = self._written
         self._wakeup.set()
         async with self._drained:
             await self._drained.wait_for(
-                lambda: self._failure is not None or self._committed_seq >= target
+                lambda: self._failure is not None or self._committed >= target
             )
         if self._failure is not None:
             raise self._failure
@@ -149,10 +174,6 @@ class ThreadWriter:
             if self._task is not None:
                 # A failure already surfaced through flush(); do not raise it twice.
                 await asyncio.gather(self._task, return_exceptions=True)
-
-    @property
-    def _committed_seq(self) -> int:
-        return self.next_seq - 1 - self._unflushed
 
     async def _run(self) -> None:
         try:
@@ -171,7 +192,7 @@ class ThreadWriter:
                     batch = self._buffer[: self.log.settings.commit_max_events]
                     await self._commit(batch)
                     del self._buffer[: len(batch)]
-                    self._unflushed -= len(batch)
+                    self._committed += len(batch)
                     async with self._drained:
                         self._drained.notify_all()
                 if self._closing:
@@ -185,17 +206,17 @@ class ThreadWriter:
             raise
 
     async def _commit(self, batch: list[_Pending]) -> None:
-        events = [p.event for p in batch]
-        # Later writes of the same item in a batch supersede earlier ones.
-        item_writes = {p.item_write.id: p.item_write for p in batch if p.item_write}
+        events = [p.event for p in batch if p.event is not None]
+        # Later changes of the same item in a batch supersede earlier ones.
+        item_changes = {p.item_change.id: p.item_change for p in batch if p.item_change}
         run_end = next((p.run_end for p in batch if p.run_end is not None), None)
         for attempt in range(1, _FLUSH_ATTEMPTS + 1):
             try:
                 await self.log.store.append_events(
                     self.thread_id,
                     [NewEvent(e.run_id, e.type, e.data) for e in events],
-                    first_seq=events[0].seq,
-                    item_writes=list(item_writes.values()),
+                    first_seq=events[0].seq if events else None,
+                    item_changes=list(item_changes.values()),
                     run_end=run_end,
                     created_at=self.log.clock.now(),
                 )
@@ -205,11 +226,12 @@ class ThreadWriter:
                     raise
                 logger.warning("retrying event batch for thread %s", self.thread_id)
                 await asyncio.sleep(0.05 * attempt)
-        self.log.broker.publish(self.thread_id, events)
+        if events:
+            self.log.broker.publish(self.thread_id, events)
 
 
 class EventLog:
-    def __init__(self, store: Store, broker: LocalBroker, clock: Clock, settings: Settings) -> None:
+    def __init__(self, store: Store, broker: Broker, clock: Clock, settings: Settings) -> None:
         self.store = store
         self.broker = broker
         self.clock = clock

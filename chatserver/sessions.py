@@ -21,25 +21,58 @@ from chatserver.errors import BadRequest, ErrorCode, NotFound, SessionClosed, Se
 from chatserver.ids import IdKind, is_valid_id, new_id
 from chatserver.locks import KeyedLock
 from chatserver.policies import TimeoutPolicies
+from chatserver.statuses import LIVE_SESSION_STATES, SessionState
 from chatserver.store import Store
 from chatserver.store.models import ItemRow, SessionRow
 from chatserver.types import ThreadItem, parse_thread_item
 
 logger = logging.getLogger(__name__)
 
-SessionListener = Callable[[SessionRow], Awaitable[None]]
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    """A user's live engagement with the server, as the application sees it."""
+
+    id: str
+    user_id: str
+    state: SessionState
+    timeout_policy: str
+    timeout_seconds: int
+    metadata: Mapping[str, Any]
+    # The thread the session is on (its last turn's).
+    thread_id: str | None
+    created_at: datetime
+    last_activity_at: datetime
+    expires_at: datetime
+    resumed_at: datetime | None
+    ended_at: datetime | None
+    resume_count: int
+    turn_count: int
+    # Bumped by every change of the row (optimistic concurrency).
+    version: int
+
+    @classmethod
+    def of(cls, row: SessionRow) -> Session:
+        return cls(
+            id=row.id,
+            user_id=row.user_id,
+            state=SessionState(row.state),
+            timeout_policy=row.timeout_policy,
+            timeout_seconds=row.timeout_seconds,
+            metadata=dict(row.meta),
+            thread_id=row.thread_id,
+            created_at=row.created_at,
+            last_activity_at=row.last_activity_at,
+            expires_at=row.expires_at,
+            resumed_at=row.resumed_at,
+            ended_at=row.ended_at,
+            resume_count=row.resume_count,
+            turn_count=row.turn_count,
+            version=row.version,
+        )
 
 
-class SessionState(StrEnum):
-    CREATED = "created"
-    ACTIVE = "active"
-    RESUMED = "resumed"
-    EXPIRED = "expired"
-    CLOSED = "closed"
-    CLEANED_UP = "cleaned_up"
-
-
-LIVE_STATES = (SessionState.CREATED, SessionState.ACTIVE, SessionState.RESUMED)
+SessionListener = Callable[[Session], Awaitable[None]]
 
 
 class _Outcome(StrEnum):
@@ -53,10 +86,11 @@ class _Outcome(StrEnum):
 
 @dataclass
 class RequestContext:
-    """What respond() and every handler get for one request."""
+    """What respond() and every handler get for one request: who asks, in which session,
+    with which request metadata, when, and (during a turn) on which thread."""
 
     user_id: str
-    session: SessionRow
+    session: Session
     store: Store
     clock: Clock
     metadata: dict[str, Any] = field(default_factory=dict)
@@ -69,7 +103,9 @@ class RequestContext:
         return self.session.id
 
     async def history(self, limit: int | None = None) -> list[ThreadItem]:
-        """The thread's most recent items, oldest first (bounded by `history_limit`)."""
+        """The thread's committed items, oldest first: the newest `limit` of them (default
+        `history_limit`). Inside `respond()` it ends with the turn's own user message, which
+        is committed before `respond()` starts (on a retry, with the message retried)."""
         if self.thread_id is None:
             return []
         rows, _ = await self.store.list_items(
@@ -105,12 +141,25 @@ class SessionManager:
         metadata: Mapping[str, Any] | None = None,
         *,
         request_metadata: Mapping[str, Any] | None = None,
+        reuse_latest: bool = False,
     ) -> RequestContext:
-        """Create the session or resume it; raises SessionExpired / SessionClosed / NotFound.
+        """Resume the named session or create it; raises SessionExpired / SessionClosed /
+        NotFound. Unnamed, a new session is created; with `reuse_latest`, the user's most
+        recently used live session is resumed instead if there is one (so a client that keeps
+        no session id does not leave a trail of sessions).
 
         `metadata` configures a session being created (policy, tab strategy, ...); an
         existing session keeps its own until `update()` changes it.
         """
+        if session_id is None and reuse_latest:
+            latest = await self.store.latest_live_session(
+                user_id, self.clock.now(), LIVE_SESSION_STATES
+            )
+            if latest is not None:
+                try:
+                    return await self.context(user_id, latest.id, request_metadata=request_metadata)
+                except (SessionExpired, SessionClosed):
+                    pass  # it ended meanwhile: a new one, as if there had been none
         if session_id is None:
             session_id = new_id(IdKind.SESSION)
         elif not is_valid_id(IdKind.SESSION, session_id):
@@ -153,7 +202,7 @@ class SessionManager:
         assert row is not None
         return RequestContext(
             user_id=user_id,
-            session=row,
+            session=Session.of(row),
             store=self.store,
             clock=self.clock,
             metadata=dict(request_metadata or {}),
@@ -161,16 +210,19 @@ class SessionManager:
             history_limit=self.settings.history_limit,
         )
 
-    async def get(self, user_id: str, session_id: str) -> SessionRow:
+    async def get(self, user_id: str, session_id: str) -> Session:
         """The session as it is, without touching it (expiry still applies)."""
+        return Session.of(await self._get_row(user_id, session_id))
+
+    async def _get_row(self, user_id: str, session_id: str) -> SessionRow:
         row = await self.store.get_session(session_id)
         if row is None or row.user_id != user_id:
             raise NotFound(f"session {session_id} not found", ErrorCode.SESSION_NOT_FOUND)
-        if row.state in LIVE_STATES and self.clock.now() >= row.expires_at:
+        if row.state in LIVE_SESSION_STATES and self.clock.now() >= row.expires_at:
             row = await self._transition(session_id, self._ended, raise_ended=False)
         return row
 
-    async def record_turn(self, session_id: str, thread_id: str) -> SessionRow:
+    async def record_turn(self, session_id: str, thread_id: str) -> Session:
         """A turn ran: the session is active, on this thread."""
 
         def mark(row: SessionRow, now: datetime) -> tuple[SessionRow | None, _Outcome] | None:
@@ -184,17 +236,17 @@ class SessionManager:
             row.expires_at = now + timedelta(seconds=row.timeout_seconds)
             return row, _Outcome.OK
 
-        return await self._transition(session_id, mark)
+        return Session.of(await self._transition(session_id, mark))
 
     async def update(
         self, user_id: str, session_id: str, metadata: Mapping[str, Any], *, merge: bool = False
-    ) -> SessionRow:
+    ) -> Session:
         """Replace the session's metadata, or with `merge` patch it (a None value removes
         its key); the timeout is re-resolved and expiry recomputed. The merge happens under
         the session's lock, so concurrent patches of different keys all stick."""
         if not merge:
             self.policies.resolve(metadata)  # refuse bad metadata before touching anything
-        current = await self.get(user_id, session_id)
+        current = await self._get_row(user_id, session_id)
 
         def apply(row: SessionRow, now: datetime) -> tuple[SessionRow | None, _Outcome] | None:
             ended = self._ended(row, now)
@@ -208,10 +260,10 @@ class SessionManager:
             row.expires_at = row.last_activity_at + timedelta(seconds=timeout.seconds)
             return row, _Outcome.OK
 
-        return await self._transition(current.id, apply)
+        return Session.of(await self._transition(current.id, apply))
 
-    async def close(self, user_id: str, session_id: str) -> SessionRow:
-        await self.get(user_id, session_id)
+    async def close(self, user_id: str, session_id: str) -> Session:
+        await self._get_row(user_id, session_id)
 
         def end(row: SessionRow, now: datetime) -> tuple[SessionRow | None, _Outcome] | None:
             if row.state == SessionState.CLOSED:
@@ -223,21 +275,21 @@ class SessionManager:
             row.ended_at = now
             return row, _Outcome.CLOSED_NOW
 
-        return await self._transition(session_id, end, closing=True)
+        return Session.of(await self._transition(session_id, end, closing=True))
 
-    async def expire_due(self, limit: int) -> list[SessionRow]:
+    async def expire_due(self, limit: int) -> list[Session]:
         """Expire live sessions whose time is up (the reaper's job); returns those expired."""
         now = self.clock.now()
-        due = await self.store.list_sessions_expiring(now, limit, [s.value for s in LIVE_STATES])
+        due = await self.store.list_sessions_expiring(now, limit, LIVE_SESSION_STATES)
         # A session whose turn is still running is in use, whatever its clock says.
         busy = await self.store.sessions_with_open_runs([row.id for row in due])
         expired = []
         for row in due:
             if row.id in busy:
                 continue
-            current = await self.get(row.user_id, row.id)
+            current = await self._get_row(row.user_id, row.id)
             if current.state in (SessionState.EXPIRED, SessionState.CLEANED_UP):
-                expired.append(current)
+                expired.append(Session.of(current))
         return expired
 
     async def clean_up_ended(self, limit: int) -> int:
@@ -247,7 +299,7 @@ class SessionManager:
         grace = timedelta(seconds=self.settings.cleanup_grace_seconds)
         # By when the expiry was noticed (ended_at), which is what the grace counts from.
         due = await self.store.list_sessions_ended_before(
-            now - grace, limit, [SessionState.EXPIRED.value]
+            now - grace, limit, [SessionState.EXPIRED]
         )
         cleaned = 0
         for row in due:
@@ -335,9 +387,10 @@ class SessionManager:
             raise SessionClosed(f"session {session_id} is closed; create a new session")
 
     async def _notify(self, listeners: list[SessionListener], row: SessionRow) -> None:
+        session = Session.of(row)
         for listener in listeners:
             try:
-                await listener(row)
+                await listener(session)
             except Exception:
                 logger.exception("session listener failed for %s", row.id)
 

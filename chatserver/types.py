@@ -143,9 +143,12 @@ class Thread(ThreadMetadata):
     items: Page[ThreadItem]
 
     @classmethod
-    def without_items(cls, metadata: ThreadMetadata) -> Thread:
-        # How ChatKit sends a thread in events and lists: its items come separately.
-        return cls(**metadata.model_dump(), items=Page())
+    def public(cls, thread: ThreadMetadata, items: Page[ThreadItem] | None = None) -> Thread:
+        """The thread as clients see it, as ChatKit sends it: `metadata` is the server's and
+        never leaves it; items come separately (an empty page in events and lists)."""
+        return cls(
+            **thread.model_dump(exclude={"metadata", "items"}), items=items or Page[ThreadItem]()
+        )
 
 
 # --- Item updates -------------------------------------------------------------------------
@@ -339,6 +342,8 @@ def _type_tags(union: Any) -> frozenset[str]:
 
 
 CHATKIT_EVENT_TYPES = _type_tags(_ChatKitEventVariants)
+# Only the server emits these; respond() yielding one is refused.
+SERVER_EVENT_TYPES = _type_tags(_ExtensionEventVariants)
 TERMINAL_RUN_EVENT_TYPES = frozenset({"run.completed", "run.cancelled", "run.failed"})
 
 

@@ -97,34 +97,35 @@ class ChatKitEndpoint:
             chatkit_request = parse_request(body)
         except ValidationError as exc:
             raise invalid_request(exc) from None
-        # Checked before the session is touched: a malformed request writes nothing.
-        options = RunOptions.of(request) if is_streaming(chatkit_request) else RunOptions()
-        context = await session_context(
-            self._services,
-            request,
-            user_id,
-            requested_session_id(request),
-            request_metadata=chatkit_request.metadata,
-        )
         if is_streaming(chatkit_request):
+            options = RunOptions.of(request)
             if self._services.streams.closing:
                 raise ServiceUnavailable("the server is shutting down; retry shortly")
-            handle = await self._start_run(chatkit_request, context, options)
+            handle, context = await self._start_run(chatkit_request, request, user_id, options)
             return self._run_stream(handle, context, options)
+        # A read needs no session; a session it names is kept alive (and checked).
+        session_id = requested_session_id(request)
+        if session_id is not None:
+            await session_context(self._services, request, user_id, session_id)
         return await self._answer(chatkit_request, user_id)
 
     async def _start_run(
-        self, req: StreamingRequest, context: RequestContext, options: RunOptions
-    ) -> RunHandle:
-        """Accept the run, or raise: nothing is streamed before this returns."""
+        self, req: StreamingRequest, request: Request, user_id: str, options: RunOptions
+    ) -> tuple[RunHandle, RequestContext]:
+        """Accept the run, or raise: nothing is streamed before this returns. The request is
+        checked (supported, its thread there) before the session is touched, so a refused
+        request writes nothing."""
         key = options.idempotency_key
         match req:
             case ThreadsCreateRequest():
-                return await self._server.create_thread_and_start_turn(
+                context = await self._context(request, user_id, req)
+                handle = await self._server.create_thread_and_start_turn(
                     context, req.params.input, idempotency_key=key
                 )
             case ThreadsAddUserMessageRequest():
-                return await self._server.start_turn(
+                await self._server.get_thread(user_id, req.params.thread_id)
+                context = await self._context(request, user_id, req)
+                handle = await self._server.start_turn(
                     context,
                     req.params.thread_id,
                     req.params.input,
@@ -132,7 +133,9 @@ class ChatKitEndpoint:
                     double_texting=_double_texting(req.metadata),
                 )
             case ThreadsRetryAfterItemRequest():
-                return await self._server.start_turn(
+                await self._server.get_thread(user_id, req.params.thread_id)
+                context = await self._context(request, user_id, req)
+                handle = await self._server.start_turn(
                     context,
                     req.params.thread_id,
                     None,
@@ -148,6 +151,18 @@ class ChatKitEndpoint:
                 raise _not_supported(req.type)
             case _:
                 assert_never(req)
+        return handle, context
+
+    async def _context(
+        self, request: Request, user_id: str, req: StreamingRequest
+    ) -> RequestContext:
+        return await session_context(
+            self._services,
+            request,
+            user_id,
+            requested_session_id(request),
+            request_metadata=req.metadata,
+        )
 
     async def _answer(self, req: NonStreamingRequest, user_id: str) -> Response:
         server = self._server
@@ -156,8 +171,7 @@ class ChatKitEndpoint:
                 thread, seq = await server.load_thread(
                     user_id, req.params.thread_id, item_limit=THREAD_ITEM_LIMIT
                 )
-                thread.items = _visible(thread.items)
-                response = _json(thread)
+                response = _json(Thread.public(thread, _visible(thread.items)))
                 # Follow `GET /threads/{id}/events?after=<this>` to stay current from here.
                 response.headers[SNAPSHOT_SEQ_HEADER] = str(seq)
                 return response
@@ -170,7 +184,7 @@ class ChatKitEndpoint:
                 )
                 # ChatKit lists threads as Thread objects with an empty items page.
                 page = Page[Thread](
-                    data=[Thread.without_items(t) for t in threads.data],
+                    data=[Thread.public(t) for t in threads.data],
                     has_more=threads.has_more,
                     after=threads.after,
                 )
@@ -188,7 +202,7 @@ class ChatKitEndpoint:
                 row = await server.update_thread(
                     user_id, req.params.thread_id, title=req.params.title
                 )
-                return _json(Thread.without_items(thread_metadata(row)))
+                return _json(Thread.public(thread_metadata(row)))
             case ThreadsDeleteRequest():
                 await server.delete_thread(user_id, req.params.thread_id)
                 return JSONResponse({})

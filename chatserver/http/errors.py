@@ -39,6 +39,7 @@ STATUS_BY_CODE: Final[Mapping[ErrorCode, int]] = MappingProxyType(
         ErrorCode.INTERNAL: 500,
         ErrorCode.RESPONDER_FAILED: 500,
         ErrorCode.RUN_INTERRUPTED: 500,
+        ErrorCode.INVALID_EVENT: 500,
     }
 )
 

@@ -15,8 +15,7 @@ from chatserver.errors import BadRequest
 from chatserver.http.bodies import parse_body, read_body
 from chatserver.http.middleware import add_response_header
 from chatserver.http.services import Services
-from chatserver.sessions import RequestContext
-from chatserver.store.models import SessionRow
+from chatserver.sessions import RequestContext, Session
 
 SESSION_HEADER = "X-Session-Id"
 
@@ -38,8 +37,20 @@ class SessionPublic(BaseModel):
     thread_id: str | None
 
     @classmethod
-    def of(cls, row: SessionRow) -> SessionPublic:
-        return cls(**row.model_dump(exclude={"meta"}), metadata=row.meta)
+    def of(cls, session: Session) -> SessionPublic:
+        return cls(
+            id=session.id,
+            state=session.state,
+            timeout_policy=session.timeout_policy,
+            timeout_seconds=session.timeout_seconds,
+            expires_at=session.expires_at,
+            created_at=session.created_at,
+            last_activity_at=session.last_activity_at,
+            resume_count=session.resume_count,
+            turn_count=session.turn_count,
+            metadata=dict(session.metadata),
+            thread_id=session.thread_id,
+        )
 
 
 class SessionCreate(BaseModel):
@@ -54,8 +65,8 @@ class SessionPatch(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 
-def tab_strategy(session: SessionRow) -> TabStrategy:
-    value = session.meta.get("tab_strategy")
+def tab_strategy(session: Session) -> TabStrategy:
+    value = session.metadata.get("tab_strategy")
     return cast(TabStrategy, value) if value in TAB_STRATEGIES else "shared"
 
 
@@ -74,9 +85,10 @@ async def session_context(
     *,
     request_metadata: Mapping[str, Any] | None = None,
 ) -> RequestContext:
-    """Resume the named session, create it (named or not), and tell the client its id."""
+    """Resume the named session or create it; unnamed, resume the user's latest live
+    session or create one. Tell the client its id."""
     context = await services.server.sessions.context(
-        user_id, session_id, request_metadata=request_metadata
+        user_id, session_id, request_metadata=request_metadata, reuse_latest=True
     )
     add_response_header(request, SESSION_HEADER, context.session.id)
     return context
@@ -90,9 +102,11 @@ def _check_metadata(metadata: Mapping[str, Any]) -> None:
         )
 
 
-def _json(row: SessionRow, status: int = 200) -> Response:
+def _json(session: Session, status: int = 200) -> Response:
     return Response(
-        SessionPublic.of(row).model_dump_json(), status_code=status, media_type="application/json"
+        SessionPublic.of(session).model_dump_json(),
+        status_code=status,
+        media_type="application/json",
     )
 
 

@@ -7,12 +7,10 @@ import asyncio
 import re
 from collections.abc import AsyncIterator
 
-from pydantic import BaseModel
-
 from chatserver.responders.messages import stream_assistant_message
 from chatserver.server import ChatServer
 from chatserver.sessions import RequestContext
-from chatserver.types import ThreadMetadata, UserMessageItem, UserMessageTextContent
+from chatserver.types import ChatKitEvent, ThreadMetadata, UserMessageItem, UserMessageTextContent
 
 _TITLE_LENGTH = 40
 
@@ -29,7 +27,7 @@ class EchoChatServer(ChatServer):
 
     async def respond(
         self, thread: ThreadMetadata, input: UserMessageItem | None, context: RequestContext
-    ) -> AsyncIterator[BaseModel]:
+    ) -> AsyncIterator[ChatKitEvent]:
         text = user_text(input) or "(nothing to echo)"
         if thread.title is None:
             thread.title = text[:_TITLE_LENGTH]

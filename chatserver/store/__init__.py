@@ -1,3 +1,21 @@
-from chatserver.store.sql import ItemWrite, NewEvent, RunEnd, Store, StoredEvent
+from chatserver.store.sql import Store
+from chatserver.store.values import (
+    ItemChange,
+    ItemDelete,
+    ItemWrite,
+    NewEvent,
+    Order,
+    RunEnd,
+    StoredEvent,
+)
 
-__all__ = ["ItemWrite", "NewEvent", "RunEnd", "Store", "StoredEvent"]
+__all__ = [
+    "ItemChange",
+    "ItemDelete",
+    "ItemWrite",
+    "NewEvent",
+    "Order",
+    "RunEnd",
+    "Store",
+    "StoredEvent",
+]

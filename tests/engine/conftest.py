@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import pytest
-from pydantic import BaseModel
 
 from chatserver.clock import ManualClock
 from chatserver.config import Settings
@@ -17,6 +16,7 @@ from chatserver.server import ChatServer, RunHandle
 from chatserver.sessions import RequestContext
 from chatserver.store import Store, StoredEvent
 from chatserver.types import (
+    ChatKitEvent,
     ThreadMetadata,
     UserMessageInput,
     UserMessageItem,
@@ -46,7 +46,7 @@ class ScriptedServer(ChatServer):
 
     async def respond(
         self, thread: ThreadMetadata, input: UserMessageItem | None, context: RequestContext
-    ) -> AsyncIterator[BaseModel]:
+    ) -> AsyncIterator[ChatKitEvent]:
         script = self.script
         self.histories.append([item.id for item in await context.history()])
         label = (

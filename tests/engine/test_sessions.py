@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from pydantic import BaseModel
 
 from chatserver.clock import ManualClock
 from chatserver.config import Settings
@@ -22,12 +21,13 @@ from chatserver.ids import IdKind, new_id
 from chatserver.policies import TimeoutPolicies
 from chatserver.responders.echo import EchoChatServer, user_text
 from chatserver.server import RunHandle
-from chatserver.sessions import RequestContext, SessionManager
+from chatserver.sessions import RequestContext, Session, SessionManager
 from chatserver.store import Store
 from chatserver.store import models as tables
 from chatserver.store.models import SessionRow
 from chatserver.types import (
     AssistantMessageItem,
+    ChatKitEvent,
     ThreadItem,
     ThreadMetadata,
     UserMessageInput,
@@ -64,15 +64,15 @@ def make_manager(store: Store, clock: ManualClock, **overrides: Any) -> SessionM
 class Endings:
     """What the close listeners saw, in call order."""
 
-    closed: list[SessionRow] = field(default_factory=list)
-    expired: list[SessionRow] = field(default_factory=list)
+    closed: list[Session] = field(default_factory=list)
+    expired: list[Session] = field(default_factory=list)
 
     def listen(self, manager: SessionManager) -> Endings:
-        async def closed(row: SessionRow) -> None:
-            self.closed.append(row)
+        async def closed(session: Session) -> None:
+            self.closed.append(session)
 
-        async def expired(row: SessionRow) -> None:
-            self.expired.append(row)
+        async def expired(session: Session) -> None:
+            self.expired.append(session)
 
         manager.on_session_closed.append(closed)
         manager.on_session_expired.append(expired)
@@ -446,7 +446,7 @@ async def test_expiry_listener_sees_the_session_as_it_was_under_every_cleanup_st
 ) -> None:
     thread_id = new_id(IdKind.THREAD)
     metadata = {"timeout_policy": "aggressive", "tier": "pro"}
-    seen: dict[str, SessionRow] = {}
+    seen: dict[str, Session] = {}
     for strategy in ("immediate", "deferred", "lazy"):
         manager = make_manager(store, clock, cleanup_strategy=strategy)
         endings = Endings().listen(manager)
@@ -457,7 +457,7 @@ async def test_expiry_listener_sees_the_session_as_it_was_under_every_cleanup_st
         [seen[strategy]] = endings.expired
 
     for strategy, row in seen.items():
-        assert (row.state, row.meta, row.thread_id, row.turn_count) == (
+        assert (row.state, row.metadata, row.thread_id, row.turn_count) == (
             "expired",
             metadata,
             thread_id,
@@ -665,12 +665,12 @@ class RecordingEchoServer(EchoChatServer):
 
     async def respond(
         self, thread: ThreadMetadata, input: UserMessageItem | None, context: RequestContext
-    ) -> AsyncIterator[BaseModel]:
+    ) -> AsyncIterator[ChatKitEvent]:
         self.histories.append(await context.history())
         async for event in super().respond(thread, input, context):
             yield event
 
-    async def on_session_expired(self, session: SessionRow) -> None:
+    async def on_session_expired(self, session: Session) -> None:
         self.expired_sessions.append(session.id)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import sqlalchemy as sa
 from http_harness import (
     LiveServer,
     SseReader,
@@ -18,6 +19,8 @@ from http_harness import (
     thread_id_of,
     validate_event,
 )
+
+from chatserver.store import models as tables
 
 
 async def test_full_exchange_parses_with_chatkit_types(live: LiveServer) -> None:
@@ -67,17 +70,32 @@ async def test_full_exchange_parses_with_chatkit_types(live: LiveServer) -> None
     assert gone.json()["error"]["code"] == "thread_not_found"
 
 
-async def test_a_session_is_created_when_absent_and_kept_when_named(live: LiveServer) -> None:
+async def test_a_turn_creates_a_session_when_absent_and_reuses_the_users_live_one(
+    live: LiveServer,
+) -> None:
     client = live.client()
 
-    first = await client.post("/chatkit", json=request("threads.list"))
+    read = await client.post("/chatkit", json=request("threads.list"))
+    assert read.status_code == 200 and "x-session-id" not in read.headers
+    assert await _session_count(live) == 0  # a read needs no session
+
+    first, _ = await stream(client, create_thread("one"))
     session_id = first.headers["x-session-id"]
-    again = await client.post(
+    second, _ = await stream(client, create_thread("two"))
+    assert second.headers["x-session-id"] == session_id  # named by none, still the same
+    assert await _session_count(live) == 1
+
+    named = await client.post(
         "/chatkit", json=request("threads.list"), headers={"X-Session-Id": session_id}
     )
+    assert named.headers["x-session-id"] == session_id
+    session = (await client.get(f"/sessions/{session_id}")).json()
+    assert (session["state"], session["turn_count"]) == ("active", 2)
 
-    assert again.headers["x-session-id"] == session_id
-    assert (await client.get(f"/sessions/{session_id}")).json()["state"] == "created"
+
+async def _session_count(live: LiveServer) -> int:
+    async with live.store.read() as conn:
+        return int(await conn.scalar(sa.select(sa.func.count()).select_from(tables.sessions)))
 
 
 async def test_busy_thread_with_reject_policy_is_409_before_any_event(live: LiveServer) -> None:

@@ -11,6 +11,7 @@ import sqlalchemy as sa
 
 from chatserver.errors import Conflict
 from chatserver.ids import IdKind, new_id
+from chatserver.statuses import ItemStatus
 from chatserver.store import ItemWrite, NewEvent, Store
 from chatserver.store.models import ItemRow, RunRow, SessionRow, ThreadRow
 from chatserver.store.sql import Order
@@ -63,6 +64,19 @@ def run_row(thread_id: str, user_id: str = "user-a", **values: object) -> RunRow
         finished_at=None,
     )
     return row.model_copy(update=values)
+
+
+async def add_item(store: Store, row: ItemRow) -> None:
+    """Items are only written with the events about them; here, with none."""
+    write = ItemWrite(
+        id=row.id,
+        thread_id=row.thread_id,
+        type=row.type,
+        status=ItemStatus(row.status),
+        data=row.data,
+        created_at=row.created_at,
+    )
+    await store.append_events(row.thread_id, [], item_changes=[write], created_at=row.created_at)
 
 
 async def new_thread(store: Store, user_id: str = "user-a") -> ThreadRow:
@@ -155,7 +169,7 @@ async def test_item_write_inserts_then_updates_the_item(store: Store) -> None:
         return ItemWrite(item_id, thread.id, "assistant_message", status, data, created_at)
 
     await store.append_events(
-        thread.id, [event("added")], item_writes=[write("in_progress", "v1", T0)], created_at=T0
+        thread.id, [event("added")], item_changes=[write("in_progress", "v1", T0)], created_at=T0
     )
     inserted = await store.get_item(item_id)
     assert inserted is not None
@@ -163,7 +177,7 @@ async def test_item_write_inserts_then_updates_the_item(store: Store) -> None:
 
     later = T0 + timedelta(seconds=5)
     await store.append_events(
-        thread.id, [event("done")], item_writes=[write("completed", "v2", later)], created_at=later
+        thread.id, [event("done")], item_changes=[write("completed", "v2", later)], created_at=later
     )
     updated = await store.get_item(item_id)
     assert updated is not None
@@ -182,7 +196,7 @@ async def test_item_writes_in_one_batch_insert_then_update_in_order(store: Store
     ]
 
     await store.append_events(
-        thread.id, [event("a"), event("b")], item_writes=writes, created_at=T0
+        thread.id, [event("a"), event("b")], item_changes=writes, created_at=T0
     )
 
     item = await store.get_item(item_id)
@@ -196,7 +210,7 @@ async def test_failed_item_write_rolls_back_the_events_of_the_same_append(store:
     orphan = ItemWrite(new_id(IdKind.ITEM), "thr_missing", "user_message", "completed", "{}", T0)
 
     with pytest.raises(sa.exc.IntegrityError):
-        await store.append_events(thread.id, [event("lost")], item_writes=[orphan], created_at=T0)
+        await store.append_events(thread.id, [event("lost")], item_changes=[orphan], created_at=T0)
 
     assert await all_seqs(store, thread.id) == [1]
     assert await store.get_item(orphan.id) is None
@@ -215,27 +229,6 @@ async def test_trim_events_keeps_only_the_newest_and_appends_continue_after(stor
 
 
 # -- sessions --------------------------------------------------------------------------------
-
-
-async def test_update_session_with_a_stale_version_conflicts_and_changes_nothing(
-    store: Store,
-) -> None:
-    row = session_row()
-    await store.insert_session(row)
-    updated = await store.update_session(row.id, 1, {"state": "active", "turn_count": 1})
-    assert (updated.state, updated.turn_count, updated.version) == ("active", 1, 2)
-
-    with pytest.raises(Conflict):
-        await store.update_session(row.id, 1, {"state": "closed", "turn_count": 99})
-
-    stored = await store.get_session(row.id)
-    assert stored == updated
-    assert (stored.state, stored.turn_count, stored.version) == ("active", 1, 2)
-
-
-async def test_update_of_a_missing_session_conflicts(store: Store) -> None:
-    with pytest.raises(Conflict):
-        await store.update_session("ses_missing_123", 1, {"state": "active"})
 
 
 async def test_modify_session_creates_when_absent(store: Store) -> None:
@@ -374,7 +367,7 @@ async def test_delete_thread_removes_its_items_events_and_runs(store: Store) -> 
     rows = {}
     for thread in (doomed, kept):
         item, run = item_row(thread.id), run_row(thread.id)
-        await store.insert_item(item)
+        await add_item(store, item)
         await store.insert_run(run)
         await store.append_events(thread.id, [event("x"), event("y")], created_at=T0)
         rows[thread.id] = (item, run)
@@ -402,19 +395,19 @@ async def test_delete_thread_removes_its_items_events_and_runs(store: Store) -> 
 async def test_item_pages_stay_stable_while_items_are_added(store: Store, order: Order) -> None:
     thread = await new_thread(store)
 
-    async def add_item() -> str:
+    async def add_new_item() -> str:
         row = item_row(thread.id)
-        await store.insert_item(row)
+        await add_item(store, row)
         return row.id
 
-    initial = {await add_item() for _ in range(23)}
+    initial = {await add_new_item() for _ in range(23)}
     walked: list[str] = []
     after: str | None = None
     while True:
         page, has_more = await store.list_items(thread.id, limit=5, after=after, order=order)
         walked.extend(i.id for i in page)
         for _ in range(2):
-            await add_item()
+            await add_new_item()
         if not has_more:
             break
         after = page[-1].id
@@ -428,7 +421,7 @@ async def test_list_items_shows_only_the_threads_own_items(store: Store) -> None
     thread, other = await new_thread(store), await new_thread(store)
     mine = [item_row(thread.id) for _ in range(3)]
     for row in [*mine, item_row(other.id)]:
-        await store.insert_item(row)
+        await add_item(store, row)
 
     listed, has_more = await store.list_items(thread.id, limit=3)
 
@@ -508,7 +501,7 @@ async def test_timestamps_come_back_timezone_aware_utc(store: Store) -> None:
     await store.insert_thread(thread)
     item = item_row(thread.id, created_at=local)
     run = run_row(thread.id, created_at=local, lease_until=local, finished_at=local)
-    await store.insert_item(item)
+    await add_item(store, item)
     await store.insert_run(run)
 
     loaded_session = await store.get_session(session.id)

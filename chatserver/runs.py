@@ -1,0 +1,351 @@
+"""Runs: accepting a turn (idempotency, double-texting), running it in the background one per
+thread, stopping it, and keeping ownership honest across processes (leases, recovery).
+
+A run is accepted by inserting its row (`queued`); its task then takes the thread's turn lock
+in this process and claims the thread in the database (`threads.active_run_id`), which is the
+lock across processes. While it runs, its owner renews its lease; a run whose lease lapsed has
+no live owner and is closed by whoever finds it: the maintenance duty, or the next run of its
+thread, which holds the turn lock already and so never waits on itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, aclosing
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy.exc import IntegrityError
+
+from chatserver.clock import Clock
+from chatserver.config import DoubleTexting, Settings
+from chatserver.errors import Conflict, ErrorCode, ThreadBusy
+from chatserver.events import EventLog
+from chatserver.ids import IdKind, new_id
+from chatserver.locks import KeyedLock
+from chatserver.sessions import RequestContext
+from chatserver.statuses import OPEN_RUN_STATUSES, RunStatus
+from chatserver.store import Store, StoredEvent
+from chatserver.store.models import RunRow, ThreadRow
+from chatserver.turn import TurnRequest, TurnRunner
+from chatserver.types import TERMINAL_RUN_EVENT_TYPES, UserMessageInput
+
+logger = logging.getLogger(__name__)
+
+_STOP_WAIT_SECONDS = 10.0
+# Runs recovered per maintenance round; the rest wait for the next round.
+_RECOVERY_BATCH = 100
+
+
+@dataclass(frozen=True, slots=True)
+class RunHandle:
+    run_id: str
+    thread_id: str
+    # The thread's last seq before the run was accepted: its events all come after it.
+    start_seq: int
+
+
+@dataclass(eq=False)
+class _LocalRun:
+    """A run accepted by this process, until its task ends."""
+
+    request: TurnRequest
+    task: asyncio.Task[None] | None = None
+    cancel_reason: str | None = None
+    # Holds its thread and runs respond(); before that it waits in the thread's queue.
+    started: bool = False
+
+    @property
+    def row(self) -> RunRow:
+        return self.request.run
+
+
+class Runs:
+    def __init__(
+        self,
+        store: Store,
+        events: EventLog,
+        runner: TurnRunner,
+        settings: Settings,
+        clock: Clock,
+        instance_id: str,
+    ) -> None:
+        self.store = store
+        self.events = events
+        self.runner = runner
+        self.settings = settings
+        self.clock = clock
+        self.instance_id = instance_id
+        self._local: dict[str, _LocalRun] = {}
+        self._turn_locks = KeyedLock()
+        self._idempotency_locks = KeyedLock()
+        self._duties: list[asyncio.Task[None]] = []
+
+    # -- accepting -------------------------------------------------------------------------
+
+    async def accept(
+        self,
+        context: RequestContext,
+        thread: ThreadRow,
+        input: UserMessageInput | None,
+        *,
+        idempotency_key: str | None = None,
+        double_texting: DoubleTexting | None = None,
+        thread_created: bool = False,
+        retry_after_item_id: str | None = None,
+    ) -> RunHandle:
+        """Accept a turn on `thread` and run it in the background, or raise (ThreadBusy,
+        Conflict) with nothing written."""
+        if idempotency_key is not None:
+            existing = await self.store.find_run_by_idempotency_key(
+                context.user_id, idempotency_key
+            )
+            if existing is not None:
+                _check_same_thread(existing, thread.id, thread_created)
+                return _handle(existing)
+        policy = double_texting or self.settings.double_texting
+        now = self.clock.now()
+        run = RunRow(
+            id=new_id(IdKind.RUN),
+            thread_id=thread.id,
+            user_id=context.user_id,
+            session_id=context.session.id,
+            status=RunStatus.QUEUED,
+            idempotency_key=idempotency_key,
+            owner=self.instance_id,
+            lease_until=now + timedelta(seconds=self.settings.run_lease_seconds),
+            start_seq=await self.store.max_seq(thread.id),
+            created_at=now,
+        )
+        try:
+            # `reject` is decided in the same locked transaction as the insert: of several
+            # concurrent sends to an idle thread, exactly one is accepted.
+            accepted = await self.store.insert_run(run, only_if_idle=policy == "reject")
+        except IntegrityError:
+            # A concurrent retry with the same Idempotency-Key won the insert: join its run.
+            assert idempotency_key is not None
+            existing = await self.store.find_run_by_idempotency_key(
+                context.user_id, idempotency_key
+            )
+            if existing is None:
+                raise
+            _check_same_thread(existing, thread.id, thread_created)
+            return _handle(existing)
+        if not accepted:
+            raise ThreadBusy(f"thread {thread.id} is answering; try again when it is done")
+        if policy == "interrupt":
+            await self._cancel_holder(thread.id, reason="interrupted", wait=False, spare=run.id)
+        local = _LocalRun(TurnRequest(run, context, input, thread_created, retry_after_item_id))
+        self._local[run.id] = local
+        local.task = asyncio.create_task(self._run(local), name=f"turn:{run.id}")
+        return _handle(run)
+
+    def idempotency_lock(self, user_id: str, key: str) -> AbstractAsyncContextManager[None]:
+        """Serializes in this process the requests that carry one key, so that retries do
+        not even make spare threads; across processes the runs' unique key decides."""
+        return self._idempotency_locks.hold(f"{user_id}\x00{key}")
+
+    async def find(self, user_id: str, idempotency_key: str) -> RunHandle | None:
+        existing = await self.store.find_run_by_idempotency_key(user_id, idempotency_key)
+        return None if existing is None else _handle(existing)
+
+    # -- stopping and streaming ------------------------------------------------------------
+
+    async def stop(self, thread: ThreadRow, *, reason: str = "stopped") -> bool:
+        """Cancel the thread's running turn; True if there was one. Returns once it ended
+        (locally) or once the owning instance was asked to end it."""
+        return await self._cancel_holder(thread.id, reason=reason, wait=True)
+
+    def stream(self, handle: RunHandle, after: int) -> AsyncIterator[StoredEvent]:
+        """The events of one run after `after`, ending with its terminal event."""
+
+        def ends_run(event: StoredEvent) -> bool:
+            return event.run_id == handle.run_id and event.type in TERMINAL_RUN_EVENT_TYPES
+
+        async def run_is_over() -> bool:
+            run = await self.store.get_run(handle.run_id)
+            return run is None or run.status not in OPEN_RUN_STATUSES
+
+        return _only_run(
+            self.events.subscribe(
+                handle.thread_id, after, until=ends_run, already_over=run_is_over
+            ),
+            handle.run_id,
+        )
+
+    async def _cancel_holder(
+        self, thread_id: str, *, reason: str, wait: bool, spare: str | None = None
+    ) -> bool:
+        for local in self._local.values():
+            if local.row.thread_id == thread_id and local.started and local.row.id != spare:
+                local.cancel_reason = local.cancel_reason or reason
+                assert local.task is not None
+                local.task.cancel()
+                if wait:
+                    await asyncio.wait({local.task}, timeout=_STOP_WAIT_SECONDS)
+                return True
+        thread = await self.store.get_thread(thread_id)
+        if thread is not None and thread.active_run_id not in (None, spare):
+            # Owned by another instance: it polls for cancel requests.
+            await self.store.update_run(thread.active_run_id, {"cancel_requested": True})
+            return True
+        return False
+
+    # -- running ---------------------------------------------------------------------------
+
+    async def _run(self, local: _LocalRun) -> None:
+        run = local.row
+        try:
+            async with self._turn_locks.hold(run.thread_id):
+                if local.cancel_reason is not None:
+                    await self.runner.finish_unstarted(run, local.cancel_reason)
+                    return
+                thread = await self._claim(run)
+                if thread is None:
+                    return
+                local.started = True
+                await self.runner.run(
+                    local.request, thread, lambda: local.cancel_reason or "stopped"
+                )
+        except asyncio.CancelledError:
+            if not local.started:
+                # Cancelled while queued (shutdown): nothing was emitted for this run, and
+                # recovery closes it once its lease lapses.
+                logger.info("run %s cancelled before it started", run.id)
+        except Exception:
+            logger.exception("run %s could not be run", run.id)
+        finally:
+            self._local.pop(run.id, None)
+
+    async def _claim(self, run: RunRow) -> ThreadRow | None:
+        """Take the thread in the database; wait while another instance's turn holds it, and
+        close the holder at once if its owner is gone (its lease lapsed)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.queue_wait_seconds
+        delay = 0.05
+        while (claimed := await self.store.claim_thread(run.thread_id, run.id)) is None:
+            thread = await self.store.get_thread(run.thread_id)
+            if thread is None:
+                return None
+            holder_id = thread.active_run_id
+            if holder_id is not None:
+                holder = await self.store.get_run(holder_id)
+                if holder is None or holder.status not in OPEN_RUN_STATUSES:
+                    await self.store.release_thread(run.thread_id, holder_id)
+                    continue
+                # We hold the thread's turn lock, so no local turn of it is running: the
+                # holder is another process's, alive while its lease is.
+                if await self._take_over_lapsed(holder):
+                    continue
+            if loop.time() > deadline:
+                await self.runner.finish_unstarted(run, "queue_timeout")
+                return None
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+        return claimed
+
+    # -- lifecycle, leases and recovery ----------------------------------------------------
+
+    async def start(self) -> None:
+        await self.recover()
+        interval = self.settings.run_lease_seconds / 3
+        self._duties = [
+            asyncio.create_task(
+                _every(interval, self._renew_leases), name="chatserver-lease-renewal"
+            ),
+            asyncio.create_task(
+                _every(interval, self._honour_cancel_requests), name="chatserver-cancel-requests"
+            ),
+            asyncio.create_task(_every(interval, self.recover), name="chatserver-run-recovery"),
+        ]
+
+    async def close(self, grace_seconds: float) -> None:
+        """Let quick turns finish, then stop the rest: their partial answers are kept."""
+        for duty in self._duties:
+            duty.cancel()
+        await asyncio.gather(*self._duties, return_exceptions=True)
+        self._duties = []
+        tasks = [local.task for local in self._local.values() if local.task is not None]
+        if tasks and grace_seconds > 0:
+            await asyncio.wait(tasks, timeout=grace_seconds)
+        for local in list(self._local.values()):
+            local.cancel_reason = local.cancel_reason or "server_shutdown"
+            if local.task is not None:
+                local.task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def recover(self) -> int:
+        """Close runs whose owner stopped renewing its lease (a crashed or killed process):
+        their open items are kept as incomplete and the thread is usable again. A thread
+        whose turn lock is held here is left to the run holding it, which closes the orphan
+        itself (see `_claim`): this never waits on a lock."""
+        recovered = 0
+        for run in await self.store.list_lapsed_runs(self.clock.now(), _RECOVERY_BATCH):
+            if run.id in self._local or self._turn_locks.locked(run.thread_id):
+                continue
+            async with self._turn_locks.hold(run.thread_id):
+                recovered += await self._take_over_lapsed(run)
+        return recovered
+
+    async def _take_over_lapsed(self, run: RunRow) -> bool:
+        """Close `run` if its lease lapsed and this instance wins the claim on it. The caller
+        holds the thread's turn lock."""
+        now = self.clock.now()
+        if run.lease_until is None or run.lease_until >= now:
+            return False
+        until = now + timedelta(seconds=self.settings.run_lease_seconds)
+        if not await self.store.claim_lapsed_run(run.id, self.instance_id, now, until):
+            return False
+        try:
+            await self.runner.close_orphan(run)
+        except Exception:
+            logger.exception("could not recover run %s", run.id)
+            return False
+        return True
+
+    async def _renew_leases(self) -> None:
+        until = self.clock.now() + timedelta(seconds=self.settings.run_lease_seconds)
+        await self.store.renew_leases(self.instance_id, list(self._local), until)
+
+    async def _honour_cancel_requests(self) -> None:
+        started = [run_id for run_id, local in self._local.items() if local.started]
+        for run_id in await self.store.list_cancel_requests(started):
+            local = self._local.get(run_id)
+            if local is not None and local.task is not None:
+                local.cancel_reason = local.cancel_reason or "stopped"
+                local.task.cancel()
+
+
+async def _every(interval: float, duty: Callable[[], Awaitable[object]]) -> None:
+    """A sleep loop: a slow round delays the next, never piles up; a failed one is logged.
+    Each duty has its own loop, so one that is slow never holds up another."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await duty()
+        except Exception:
+            logger.exception("maintenance duty %s failed", getattr(duty, "__name__", duty))
+
+
+async def _only_run(source: AsyncIterator[StoredEvent], run_id: str) -> AsyncIterator[StoredEvent]:
+    # aclosing: the subscription ends with this stream, not at some later garbage collection.
+    async with aclosing(source) as events:  # type: ignore[type-var]
+        async for event in events:
+            if event.run_id == run_id or event.type == "resync":
+                yield event
+
+
+def _check_same_thread(existing: RunRow, thread_id: str, thread_created: bool) -> None:
+    """A key names one turn on one thread. A retried threads.create is the exception: its
+    fresh thread loses to the run that already holds the key."""
+    if existing.thread_id != thread_id and not thread_created:
+        raise Conflict(
+            "Idempotency-Key was already used for another thread", ErrorCode.IDEMPOTENCY_CONFLICT
+        )
+
+
+def _handle(run: RunRow) -> RunHandle:
+    return RunHandle(run.id, run.thread_id, run.start_seq)
