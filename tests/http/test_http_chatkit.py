@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import sqlalchemy as sa
 from http_harness import (
@@ -178,3 +179,50 @@ async def test_concurrent_creates_with_one_idempotency_key_make_one_thread(
     assert {thread_id_of(events) for _, events in answers} == {thread_id_of(answers[0][1])}
     listed = await client.post("/chatkit", json=request("threads.list"))
     assert len(listed.json()["data"]) == 1
+
+
+async def test_four_concurrent_sends_with_reject_to_an_idle_thread_run_exactly_one(
+    live: LiveServer,
+) -> None:
+    client = live.client()
+    _, events = await stream(client, create_thread("first"))
+    thread_id = thread_id_of(events)
+    live.chat.hold.clear()  # the accepted turn stays running while the others are decided
+
+    async def send(n: int) -> tuple[int, str]:
+        async with client.stream(
+            "POST", "/chatkit", json=add_message(thread_id, f"m{n}", double_texting="reject")
+        ) as response:
+            if response.status_code != 200:
+                return response.status_code, json.loads(await response.aread())["error"]["code"]
+            live.chat.hold.set()
+            rest = await SseReader(response).until_run_ends()
+            return 200, rest[-1].type
+
+    answers = sorted(await asyncio.gather(*(send(n) for n in range(4))))
+
+    assert answers == [(200, "run.completed")] + [(409, "thread_busy")] * 3
+    items = await client.post("/chatkit", json=request("items.list", thread_id=thread_id))
+    assert len(items.json()["data"]) == 4  # the first turn and exactly one more
+
+
+async def test_thread_metadata_never_leaves_the_server(live: LiveServer) -> None:
+    client = live.client()
+    _, events = await stream(client, create_thread("hello"))
+    thread_id = thread_id_of(events)
+    await live.store.update_thread(thread_id, {"meta": {"crm_id": "internal-42"}})
+
+    answers = [
+        await client.post("/chatkit", json=request("threads.get_by_id", thread_id=thread_id)),
+        await client.post("/chatkit", json=request("threads.list")),
+        await client.post(
+            "/chatkit", json=request("threads.update", thread_id=thread_id, title="Renamed")
+        ),
+    ]
+    _, more = await stream(client, add_message(thread_id, "again"))
+
+    assert all(answer.status_code == 200 for answer in answers)
+    assert all("internal-42" not in answer.text for answer in answers)
+    assert all("internal-42" not in event.data for event in events + more)
+    row = await live.store.get_thread(thread_id)
+    assert row is not None and row.meta == {"crm_id": "internal-42"}
