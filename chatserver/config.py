@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     # A run's owner renews its lease; a run whose lease lapsed is closed by recovery.
     run_lease_seconds: float = Field(default=30.0, gt=0)
     queue_wait_seconds: float = Field(default=300.0, gt=0)
+    # A turn whose database becomes unreachable keeps its events and retries this long;
+    # past it, the turn ends with an error (recovery closes it once the database is back).
+    database_outage_seconds: float = Field(default=10.0, ge=0)
 
     heartbeat_seconds: float = Field(default=15.0, gt=0)
     max_body_bytes: int = Field(default=1_000_000, ge=1024)

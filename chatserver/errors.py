@@ -1,13 +1,13 @@
 """Every error chatserver raises, and the one place its stable codes are defined.
 
     ChatServerError
-    ├── BadRequest            invalid_request, invalid_json, invalid_id, unknown_policy,
-    │                         payload_too_large, not_supported
+    ├── BadRequest            invalid_request, invalid_json, invalid_id, invalid_cursor,
+    │                         unknown_policy, payload_too_large, not_supported
     ├── NotFound              not_found, session_not_found, thread_not_found, item_not_found
     │   ├── SessionExpired    session_expired
     │   └── SessionClosed     session_closed
     ├── Unauthorized          unauthorized
-    ├── Conflict              conflict, idempotency_conflict
+    ├── Conflict              conflict, idempotency_key_reused
     │   └── ThreadBusy        thread_busy
     ├── ServiceUnavailable    unavailable
     └── InvalidEvent          invalid_event (a turn's respond() yielded a server event)
@@ -28,6 +28,7 @@ class ErrorCode(StrEnum):
     INVALID_REQUEST = "invalid_request"
     INVALID_JSON = "invalid_json"
     INVALID_ID = "invalid_id"
+    INVALID_CURSOR = "invalid_cursor"
     UNKNOWN_POLICY = "unknown_policy"
     PAYLOAD_TOO_LARGE = "payload_too_large"
     NOT_SUPPORTED = "not_supported"
@@ -39,7 +40,8 @@ class ErrorCode(StrEnum):
     SESSION_CLOSED = "session_closed"
     UNAUTHORIZED = "unauthorized"
     CONFLICT = "conflict"
-    IDEMPOTENCY_CONFLICT = "idempotency_conflict"
+    # An Idempotency-Key sent again with a different request (as payment APIs answer).
+    IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused"
     THREAD_BUSY = "thread_busy"
     UNAVAILABLE = "unavailable"
     INTERNAL = "internal_error"

@@ -8,19 +8,25 @@ replay and live (ARCHITECTURE.md section 2, rules 1-3, 6).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from sqlalchemy.exc import IntegrityError
+
 from chatserver.clock import Clock
 from chatserver.config import Settings
+from chatserver.errors import ChatServerError, ServiceUnavailable
 from chatserver.store import ItemChange, NewEvent, RunEnd, Store, StoredEvent
 from chatserver.types import ResyncEvent, dump_json
 
 logger = logging.getLogger(__name__)
 
-_FLUSH_ATTEMPTS = 3
+# Backoff between attempts to write a batch while the database is unreachable.
+_RETRY_FIRST_DELAY = 0.05
+_RETRY_MAX_DELAY = 1.0
 
 
 class Subscription:
@@ -33,6 +39,8 @@ class Subscription:
         self._events: list[StoredEvent] = []
         self._wakeup = asyncio.Event()
         self.overflowed = False
+        # Why nothing more will come (a deleted thread, a turn given up), once drained.
+        self.ended: ChatServerError | None = None
 
     def push(self, events: list[StoredEvent]) -> None:
         if self.overflowed:
@@ -42,6 +50,10 @@ class Subscription:
             self._events.clear()
         else:
             self._events.extend(events)
+        self._wakeup.set()
+
+    def end(self, reason: ChatServerError) -> None:
+        self.ended = reason
         self._wakeup.set()
 
     def reset(self) -> None:
@@ -71,6 +83,11 @@ class Broker(Protocol):
         """Called once the events are committed, in seq order."""
         ...
 
+    def end_streams(self, thread_id: str, reason: ChatServerError) -> None:
+        """End every subscription of the thread once it has delivered what it has, with
+        `reason` (the thread was deleted; its turn was given up and the log cannot say so)."""
+        ...
+
 
 class LocalBroker:
     """In-process fan-out of committed events to the subscribers of a thread."""
@@ -95,6 +112,10 @@ class LocalBroker:
     def publish(self, thread_id: str, events: list[StoredEvent]) -> None:
         for subscription in tuple(self._subscribers.get(thread_id, ())):
             subscription.push(events)
+
+    def end_streams(self, thread_id: str, reason: ChatServerError) -> None:
+        for subscription in tuple(self._subscribers.get(thread_id, ())):
+            subscription.end(reason)
 
 
 @dataclass(slots=True)
@@ -125,6 +146,11 @@ class ThreadWriter:
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"event-writer:{self.thread_id}")
+
+    @property
+    def failed(self) -> bool:
+        """A batch could not be written: nothing more goes through this writer."""
+        return self._failure is not None
 
     async def emit(
         self,
@@ -164,6 +190,11 @@ class ThreadWriter:
             )
         if self._failure is not None:
             raise self._failure
+
+    async def close_quietly(self) -> None:
+        """Close; a failure was reported to whoever emitted or flushed."""
+        with contextlib.suppress(Exception):
+            await self.close()
 
     async def close(self) -> None:
         try:
@@ -206,11 +237,17 @@ class ThreadWriter:
             raise
 
     async def _commit(self, batch: list[_Pending]) -> None:
+        """Write the batch in one transaction, then publish it. While the database is
+        unreachable the batch is kept and retried with backoff, up to the configured outage
+        window; any other refusal (a constraint, bad data) is final at once."""
         events = [p.event for p in batch if p.event is not None]
         # Later changes of the same item in a batch supersede earlier ones.
         item_changes = {p.item_change.id: p.item_change for p in batch if p.item_change}
         run_end = next((p.run_end for p in batch if p.run_end is not None), None)
-        for attempt in range(1, _FLUSH_ATTEMPTS + 1):
+        loop = asyncio.get_running_loop()
+        give_up_at: float | None = None
+        delay = _RETRY_FIRST_DELAY
+        while True:
             try:
                 await self.log.store.append_events(
                     self.thread_id,
@@ -221,13 +258,33 @@ class ThreadWriter:
                     created_at=self.log.clock.now(),
                 )
                 break
-            except Exception:
-                if attempt == _FLUSH_ATTEMPTS:
+            except ServiceUnavailable:
+                now = loop.time()
+                if give_up_at is None:
+                    give_up_at = now + self.log.settings.database_outage_seconds
+                    logger.warning(
+                        "database unreachable: thread %s keeps its events and retries for %.0f s",
+                        self.thread_id,
+                        self.log.settings.database_outage_seconds,
+                    )
+                if now >= give_up_at:
                     raise
-                logger.warning("retrying event batch for thread %s", self.thread_id)
-                await asyncio.sleep(0.05 * attempt)
+                await asyncio.sleep(min(delay, give_up_at - now))
+                delay = min(delay * 2, _RETRY_MAX_DELAY)
+            except IntegrityError:
+                # A retried batch whose first attempt committed, its acknowledgement lost
+                # with the connection: the rows are there, exactly as sent.
+                if give_up_at is None or not events or not await self._is_stored(events[0]):
+                    raise
+                break
+        if give_up_at is not None:
+            logger.info("database reachable again: thread %s writes on", self.thread_id)
         if events:
             self.log.broker.publish(self.thread_id, events)
+
+    async def _is_stored(self, event: StoredEvent) -> bool:
+        stored = await self.log.store.read_events(self.thread_id, event.seq - 1, 1)
+        return bool(stored) and stored[0] == event
 
 
 class EventLog:
@@ -262,7 +319,8 @@ class EventLog:
     ) -> AsyncIterator[StoredEvent]:
         """Every event with seq > `after`: stored ones, then live; no gap, no duplicate.
 
-        Ends after an event for which `until` is true; otherwise runs until cancelled.
+        Ends after an event for which `until` is true; otherwise runs until cancelled, or
+        raises the reason the broker ended it for (`Broker.end_streams`).
         `already_over` is asked once, after the first replay: if what the caller waits for
         has already happened (its `until` event lies at or before the cursor), the stream
         ends once the store is drained instead of waiting for an event that has passed.
@@ -294,6 +352,8 @@ class EventLog:
                 while not subscription.overflowed:
                     batch = subscription.take()
                     if not batch:
+                        if subscription.ended is not None:
+                            raise subscription.ended
                         await subscription.wait()
                         continue
                     for event in batch:

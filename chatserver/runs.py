@@ -11,6 +11,8 @@ thread, which holds the turn lock already and so never waits on itself.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, aclosing
@@ -21,7 +23,7 @@ from sqlalchemy.exc import IntegrityError
 
 from chatserver.clock import Clock
 from chatserver.config import DoubleTexting, Settings
-from chatserver.errors import Conflict, ErrorCode, ThreadBusy
+from chatserver.errors import Conflict, ErrorCode, ServiceUnavailable, ThreadBusy
 from chatserver.events import EventLog
 from chatserver.ids import IdKind, new_id
 from chatserver.locks import KeyedLock
@@ -98,13 +100,15 @@ class Runs:
     ) -> RunHandle:
         """Accept a turn on `thread` and run it in the background, or raise (ThreadBusy,
         Conflict) with nothing written."""
+        request_hash = _fingerprint(
+            None if thread_created else thread.id, input, retry_after_item_id
+        )
         if idempotency_key is not None:
             existing = await self.store.find_run_by_idempotency_key(
                 context.user_id, idempotency_key
             )
             if existing is not None:
-                _check_same_thread(existing, thread.id, thread_created)
-                return _handle(existing)
+                return _retried(existing, request_hash)
         policy = double_texting or self.settings.double_texting
         now = self.clock.now()
         run = RunRow(
@@ -114,6 +118,7 @@ class Runs:
             session_id=context.session.id,
             status=RunStatus.QUEUED,
             idempotency_key=idempotency_key,
+            request_hash=request_hash if idempotency_key is not None else None,
             owner=self.instance_id,
             lease_until=now + timedelta(seconds=self.settings.run_lease_seconds),
             start_seq=await self.store.max_seq(thread.id),
@@ -131,8 +136,7 @@ class Runs:
             )
             if existing is None:
                 raise
-            _check_same_thread(existing, thread.id, thread_created)
-            return _handle(existing)
+            return _retried(existing, request_hash)
         if not accepted:
             raise ThreadBusy(f"thread {thread.id} is answering; try again when it is done")
         if policy == "interrupt":
@@ -147,9 +151,12 @@ class Runs:
         not even make spare threads; across processes the runs' unique key decides."""
         return self._idempotency_locks.hold(f"{user_id}\x00{key}")
 
-    async def find(self, user_id: str, idempotency_key: str) -> RunHandle | None:
+    async def find_retried(
+        self, user_id: str, idempotency_key: str, input: UserMessageInput
+    ) -> RunHandle | None:
+        """The run a retried threads.create with this key started, if any."""
         existing = await self.store.find_run_by_idempotency_key(user_id, idempotency_key)
-        return None if existing is None else _handle(existing)
+        return None if existing is None else _retried(existing, _fingerprint(None, input, None))
 
     # -- stopping and streaming ------------------------------------------------------------
 
@@ -157,6 +164,22 @@ class Runs:
         """Cancel the thread's running turn; True if there was one. Returns once it ended
         (locally) or once the owning instance was asked to end it."""
         return await self._cancel_holder(thread.id, reason=reason, wait=True)
+
+    async def cancel_all(self, thread: ThreadRow, *, reason: str) -> None:
+        """Stop the thread's running turn and drop the ones queued behind it here (they end
+        without a word: the thread is going away); returns once all of them ended."""
+        queued = [
+            local
+            for local in self._local.values()
+            if local.row.thread_id == thread.id and not local.started and local.task
+        ]
+        for local in queued:
+            local.cancel_reason = reason
+            assert local.task is not None
+            local.task.cancel()
+        await self._cancel_holder(thread.id, reason=reason, wait=True)
+        if queued:
+            await asyncio.wait([local.task for local in queued if local.task is not None])
 
     def stream(self, handle: RunHandle, after: int) -> AsyncIterator[StoredEvent]:
         """The events of one run after `after`, ending with its terminal event."""
@@ -326,8 +349,14 @@ async def _every(interval: float, duty: Callable[[], Awaitable[object]]) -> None
         await asyncio.sleep(interval)
         try:
             await duty()
+        except ServiceUnavailable:
+            logger.warning("maintenance duty %s waits for the database", _name(duty))
         except Exception:
-            logger.exception("maintenance duty %s failed", getattr(duty, "__name__", duty))
+            logger.exception("maintenance duty %s failed", _name(duty))
+
+
+def _name(duty: Callable[[], Awaitable[object]]) -> str:
+    return getattr(duty, "__name__", repr(duty)).lstrip("_")
 
 
 async def _only_run(source: AsyncIterator[StoredEvent], run_id: str) -> AsyncIterator[StoredEvent]:
@@ -338,13 +367,27 @@ async def _only_run(source: AsyncIterator[StoredEvent], run_id: str) -> AsyncIte
                 yield event
 
 
-def _check_same_thread(existing: RunRow, thread_id: str, thread_created: bool) -> None:
-    """A key names one turn on one thread. A retried threads.create is the exception: its
-    fresh thread loses to the run that already holds the key."""
-    if existing.thread_id != thread_id and not thread_created:
+def _fingerprint(
+    thread_id: str | None, input: UserMessageInput | None, retry_after_item_id: str | None
+) -> str:
+    """What a turn request asks for (a new thread: no thread id), as a stable hash."""
+    asked = {
+        "thread_id": thread_id,
+        "input": None if input is None else input.model_dump(mode="json"),
+        "retry_after_item_id": retry_after_item_id,
+    }
+    return hashlib.sha256(json.dumps(asked, sort_keys=True).encode()).hexdigest()
+
+
+def _retried(existing: RunRow, request_hash: str) -> RunHandle:
+    """A key names one request: sent again with the same request, it re-attaches to that
+    request's run; with another, it is refused rather than silently answered with the first."""
+    if existing.request_hash != request_hash:
         raise Conflict(
-            "Idempotency-Key was already used for another thread", ErrorCode.IDEMPOTENCY_CONFLICT
+            "this Idempotency-Key was already used for a different request; use a new key",
+            ErrorCode.IDEMPOTENCY_KEY_REUSED,
         )
+    return _handle(existing)
 
 
 def _handle(run: RunRow) -> RunHandle:

@@ -204,8 +204,11 @@ class ChatServer:
 
     async def delete_thread(self, user_id: str, thread_id: str) -> None:
         thread = await self.get_thread(user_id, thread_id)
-        await self.runs.stop(thread, reason="thread_deleted")
+        await self.runs.cancel_all(thread, reason="thread_deleted")
         await self.store.delete_thread(thread_id)
+        self.broker.end_streams(
+            thread_id, NotFound(f"thread {thread_id} was deleted", ErrorCode.THREAD_NOT_FOUND)
+        )
 
     # -- turns -----------------------------------------------------------------------------
 
@@ -219,10 +222,13 @@ class ChatServer:
         double_texting: DoubleTexting | None = None,
         thread_created: bool = False,
         retry_after_item_id: str | None = None,
+        cursor: int | None = None,
     ) -> RunHandle:
         """Accept a turn and run it in the background. Everything that can refuse the turn
-        (missing thread, busy thread, bad item) raises here, before any event exists."""
+        (missing thread, busy thread, bad item, a `cursor` the client cannot have) raises
+        here, before any event exists."""
         thread = await self.get_thread(context.user_id, thread_id)
+        await self.check_cursor(thread_id, cursor)
         if retry_after_item_id is not None:
             await self._check_retryable(thread_id, retry_after_item_id)
         return await self.runs.accept(
@@ -241,14 +247,18 @@ class ChatServer:
         input: UserMessageInput,
         *,
         idempotency_key: str | None = None,
+        cursor: int | None = None,
     ) -> RunHandle:
         if idempotency_key is None:
+            await self.check_cursor(None, cursor)
             thread = await self.create_thread(context)
             return await self.start_turn(context, thread.id, input, thread_created=True)
         async with self.runs.idempotency_lock(context.user_id, idempotency_key):
-            existing = await self.runs.find(context.user_id, idempotency_key)
+            existing = await self.runs.find_retried(context.user_id, idempotency_key, input)
             if existing is not None:
+                await self.check_cursor(existing.thread_id, cursor)
                 return existing
+            await self.check_cursor(None, cursor)
             thread = await self.create_thread(context)
             handle = await self.start_turn(
                 context, thread.id, input, idempotency_key=idempotency_key, thread_created=True
@@ -267,6 +277,18 @@ class ChatServer:
     def stream_run(self, handle: RunHandle, after: int | None = None) -> AsyncIterator[StoredEvent]:
         """The events of one run from `after` (default: its start), ending with its last."""
         return self.runs.stream(handle, handle.start_seq if after is None else after)
+
+    async def check_cursor(self, thread_id: str | None, cursor: int | None) -> None:
+        """Refuse a cursor past the end of the thread's log (None: a thread not yet made):
+        no client can have seen that event, and waiting for it would never end."""
+        if not cursor:
+            return
+        last = 0 if thread_id is None else await self.store.max_seq(thread_id)
+        if cursor > last:
+            raise BadRequest(
+                f"event {cursor} is beyond the last event of the thread ({last})",
+                ErrorCode.INVALID_CURSOR,
+            )
 
     def subscribe(self, thread_id: str, after: int) -> AsyncIterator[StoredEvent]:
         """Every event of the thread after `after`, stored then live, until closed."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +18,7 @@ from pydantic import BaseModel
 
 from chatserver.clock import Clock
 from chatserver.config import Settings
-from chatserver.errors import ChatServerError, ErrorCode, InvalidEvent
+from chatserver.errors import ChatServerError, ErrorCode, InvalidEvent, ServiceUnavailable
 from chatserver.events import EventLog, ThreadWriter
 from chatserver.ids import IdKind, new_id
 from chatserver.sessions import RequestContext, SessionManager
@@ -190,6 +190,12 @@ class TurnRecorder:
         elif isinstance(parsed, ThreadItemDoneEvent):
             self._open.pop(parsed.item.id, None)
 
+    def moved_to(self, writer: ThreadWriter) -> TurnRecorder:
+        """The same turn, its open items included, writing through another writer."""
+        moved = TurnRecorder(writer, self.run_id)
+        moved._open = self._open
+        return moved
+
     async def close_open_items(self) -> None:
         """Keep what was generated so far, marked incomplete, and tell every client."""
         for open_item in list(self._open.values()):
@@ -267,12 +273,16 @@ class TurnRunner:
             await turn.emit(
                 RunCompletedEvent(run_id=run.id), self._run_end(run, RunStatus.COMPLETED, changes)
             )
+            # Inside the try: a last batch the database refuses still ends the run, now.
+            await writer.flush()
         except asyncio.CancelledError:
+            cancelled = RunCancelledEvent(run_id=run.id, reason=cancel_reason())
             changes = _thread_changes(before, thread)
-            await asyncio.shield(self._close_cancelled(turn, run, cancel_reason(), changes))
+            await asyncio.shield(self._end(turn, run, [cancelled], RunStatus.CANCELLED, changes))
         except Exception as exc:
             changes = _thread_changes(before, thread)
-            await asyncio.shield(self._close_failed(turn, run, exc, changes))
+            failed = self._failure_events(run, exc)
+            await asyncio.shield(self._end(turn, run, failed, RunStatus.FAILED, changes))
         finally:
             await asyncio.shield(self._release(run, writer))
 
@@ -363,23 +373,14 @@ class TurnRunner:
             # the thread, which outlives sessions.
             logger.info("session %s not updated for turn: %s", context.session.id, exc.message)
 
-    async def _close_cancelled(
-        self, turn: TurnRecorder, run: RunRow, reason: str, changes: dict[str, Any]
-    ) -> None:
-        await turn.close_open_items()
-        await turn.emit(
-            RunCancelledEvent(run_id=run.id, reason=reason),
-            self._run_end(run, RunStatus.CANCELLED, changes),
-        )
-
-    async def _close_failed(
-        self, turn: TurnRecorder, run: RunRow, exc: Exception, changes: dict[str, Any]
-    ) -> None:
+    def _failure_events(self, run: RunRow, exc: Exception) -> list[BaseModel]:
         if isinstance(exc, ChatServerError):
             code = exc.code.value
             error = ErrorEvent(code="custom", message=exc.message, error_code=code)
             if exc.code is ErrorCode.INVALID_EVENT:
                 logger.error("run %s: %s", run.id, exc.message)
+            else:
+                logger.warning("run %s failed: %s", run.id, exc.message)
         else:
             # Details stay in the server log; the client gets a stable code, no stack trace.
             logger.error("respond() failed in run %s", run.id, exc_info=exc)
@@ -390,23 +391,65 @@ class TurnRunner:
                 allow_retry=True,
                 error_code=code,
             )
+        return [error, RunFailedEvent(run_id=run.id, error_code=code)]
+
+    async def _end(
+        self,
+        turn: TurnRecorder,
+        run: RunRow,
+        ending: Sequence[BaseModel],
+        status: RunStatus,
+        changes: dict[str, Any],
+    ) -> None:
+        """Close the turn's open items (kept, incomplete), then log `ending`, whose last
+        event ends the run. If the turn's writer has failed, a fresh one (numbered from
+        what is committed) writes the ending without the thread's changes, which may be what
+        the database refused. If the database refuses even that, every listener is told now,
+        outside the log, and recovery closes the run once the database is back."""
+        if not turn.writer.failed and await self._write_ending(turn, run, ending, status, changes):
+            return
+        try:
+            fresh = await self.events.open_writer(run.thread_id)
+        except Exception:
+            logger.exception("no writer to record the end of run %s", run.id)
+        else:
+            try:
+                if await self._write_ending(turn.moved_to(fresh), run, ending, status, {}):
+                    return
+            finally:
+                await fresh.close_quietly()
+        self.events.broker.end_streams(
+            run.thread_id,
+            ServiceUnavailable(
+                "The answer stopped: the database is unavailable. Reconnect to see how it "
+                "ended once it is back."
+            ),
+        )
+
+    async def _write_ending(
+        self,
+        turn: TurnRecorder,
+        run: RunRow,
+        ending: Sequence[BaseModel],
+        status: RunStatus,
+        changes: dict[str, Any],
+    ) -> bool:
+        *events, terminal = ending
         try:
             await turn.close_open_items()
-            await turn.emit(error)
-            await turn.emit(
-                RunFailedEvent(run_id=run.id, error_code=code),
-                self._run_end(run, RunStatus.FAILED, changes),
-            )
+            for event in events:
+                await turn.emit(event)
+            await turn.emit(terminal, self._run_end(run, status, changes))
+            await turn.writer.flush()
         except Exception:
-            logger.exception("could not record the failure of run %s", run.id)
+            logger.exception("could not record the end of run %s", run.id)
+            return False
+        return True
 
     async def _release(self, run: RunRow, writer: ThreadWriter) -> None:
-        try:
-            await writer.close()
-        except Exception:
-            # The database refused the last batch: the run stays open in the database, its
-            # lease is no longer renewed, and recovery closes it from what was logged.
-            logger.exception("events of run %s could not all be written", run.id)
+        # A failure was dealt with by _end; the run's status says whether it was written.
+        await writer.close_quietly()
+        if writer.failed:
             return
         if writer.next_seq - 1 > self.settings.event_log_max_per_thread:
             await self.store.trim_events(run.thread_id, self.settings.event_log_max_per_thread)

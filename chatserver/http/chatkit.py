@@ -120,7 +120,7 @@ class ChatKitEndpoint:
             case ThreadsCreateRequest():
                 context = await self._context(request, user_id, req)
                 handle = await self._server.create_thread_and_start_turn(
-                    context, req.params.input, idempotency_key=key
+                    context, req.params.input, idempotency_key=key, cursor=options.cursor
                 )
             case ThreadsAddUserMessageRequest():
                 await self._server.get_thread(user_id, req.params.thread_id)
@@ -131,6 +131,7 @@ class ChatKitEndpoint:
                     req.params.input,
                     idempotency_key=key,
                     double_texting=_double_texting(req.metadata),
+                    cursor=options.cursor,
                 )
             case ThreadsRetryAfterItemRequest():
                 await self._server.get_thread(user_id, req.params.thread_id)
@@ -142,6 +143,7 @@ class ChatKitEndpoint:
                     idempotency_key=key,
                     double_texting=_double_texting(req.metadata),
                     retry_after_item_id=req.params.item_id,
+                    cursor=options.cursor,
                 )
             case (
                 ThreadsCustomActionRequest()

@@ -26,7 +26,7 @@ import anyio
 from pydantic import BaseModel
 from sse_starlette import EventSourceResponse
 
-from chatserver.errors import BadRequest, ErrorCode
+from chatserver.errors import BadRequest, ChatServerError, ErrorCode
 from chatserver.store import StoredEvent
 from chatserver.types import ErrorEvent, SessionSupersededEvent, dump_json
 
@@ -132,6 +132,10 @@ class OpenStream:
         try:
             async for event in source:
                 await self._queue.put(encode_event(event))
+        except ChatServerError as exc:
+            # The source ended for a reason the client must hear (a deleted thread).
+            ending = ErrorEvent(code="custom", message=exc.message, error_code=exc.code.value)
+            await self._queue.put(encode_unnumbered(ending))
         except Exception:
             logger.exception("event stream failed")
             failure = ErrorEvent(

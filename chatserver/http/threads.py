@@ -32,6 +32,7 @@ class ThreadEndpoints:
         if session_id is not None:
             session = (await session_context(self._services, request, user_id, session_id)).session
         await self._server.get_thread(user_id, thread_id)
+        await self._server.check_cursor(thread_id, cursor)
         if self._services.streams.closing:
             raise ServiceUnavailable("the server is shutting down; reconnect shortly")
         stream = self._services.streams.open(

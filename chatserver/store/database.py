@@ -11,14 +11,15 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any, Literal, ParamSpec, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlmodel import SQLModel
 
+from chatserver.errors import ServiceUnavailable
 from chatserver.locks import KeyedLock
 from chatserver.store.values import Order
 
@@ -109,6 +110,12 @@ class Database:
     async def write(self, *lock_keys: str) -> AsyncIterator[AsyncConnection]:
         """A write transaction holding the locks of `lock_keys` (taken in sorted order)."""
         keys = sorted(set(lock_keys))
+        with _unavailable_when_unreachable():
+            async with self._transaction(keys) as conn:
+                yield conn
+
+    @asynccontextmanager
+    async def _transaction(self, keys: Sequence[str]) -> AsyncIterator[AsyncConnection]:
         async with _hold_all(self._locks, keys):
             if self._writer_gate is not None:
                 async with self._writer_gate, self._writer.begin() as conn:
@@ -124,8 +131,9 @@ class Database:
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
-        async with self._reader.connect() as conn:
-            yield conn
+        with _unavailable_when_unreachable():
+            async with self._reader.connect() as conn:
+                yield conn
 
     async def _get(self, table: sa.Table, model: type[Model], key: str) -> Model | None:
         async with self.read() as conn:
@@ -148,6 +156,21 @@ class Database:
         async with self.read() as conn:
             rows = [as_row(model, r) for r in await conn.execute(query)]
         return rows[:limit], len(rows) > limit
+
+
+@contextmanager
+def _unavailable_when_unreachable() -> Iterator[None]:
+    """The database refusing or dropping connections, or too busy to take a write, is a
+    temporary state callers can wait out (a turn's writer) or report as 503: say so in our
+    own error. Anything else the database refuses (a constraint, bad data) stays as it is."""
+    try:
+        yield
+    except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+        raise ServiceUnavailable("the database is unavailable; retry shortly") from exc
+    except sa.exc.DBAPIError as exc:
+        if exc.connection_invalidated:
+            raise ServiceUnavailable("the database is unavailable; retry shortly") from exc
+        raise
 
 
 @asynccontextmanager

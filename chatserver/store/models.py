@@ -30,7 +30,36 @@ class UTCDateTime(sa.types.TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-JSONDocument = sa.JSON().with_variant(JSONB(), "postgresql")
+def without_nul(value: Any) -> Any:
+    """PostgreSQL's text and JSONB cannot hold NUL (U+0000), even escaped: titles and
+    metadata drop it, on every backend alike. Message text is stored as JSON text, where
+    NUL is escaped, and is kept exactly."""
+    if isinstance(value, str):
+        return value.replace("\x00", "") if "\x00" in value else value
+    if isinstance(value, dict):
+        return {without_nul(k): without_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [without_nul(v) for v in value]
+    return value
+
+
+class NulFreeText(sa.types.TypeDecorator[str]):
+    impl = sa.String
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: sa.Dialect) -> str | None:
+        return None if value is None else without_nul(value)
+
+
+class JSONDocument(sa.types.TypeDecorator[Any]):
+    impl = sa.JSON
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: sa.Dialect) -> sa.types.TypeEngine[Any]:
+        return dialect.type_descriptor(JSONB() if dialect.name == "postgresql" else sa.JSON())
+
+    def process_bind_param(self, value: Any, dialect: sa.Dialect) -> Any:
+        return without_nul(value)
 
 
 def _utc_column(*, nullable: bool = False, index: bool = False) -> Any:
@@ -65,7 +94,7 @@ class ThreadRow(SQLModel, table=True):
 
     id: str = Field(primary_key=True, max_length=80)
     user_id: str = Field(max_length=200)
-    title: str | None = Field(default=None, max_length=500)
+    title: str | None = Field(default=None, sa_type=NulFreeText(500))
     meta: dict[str, Any] = Field(default_factory=dict, sa_type=JSONDocument)
     # idle | running; `active_run_id` names the run holding the thread.
     status: str = Field(default="idle", max_length=20)
@@ -125,6 +154,8 @@ class RunRow(SQLModel, table=True):
     # queued | running | completed | cancelled | failed
     status: str = Field(max_length=20)
     idempotency_key: str | None = Field(default=None, max_length=200)
+    # What the request that carried the key asked for (sha256 hex): a retry must match it.
+    request_hash: str | None = Field(default=None, max_length=64)
     cancel_requested: bool = False
     owner: str | None = Field(default=None, max_length=80)
     lease_until: datetime | None = _utc_column(nullable=True)

@@ -324,7 +324,7 @@ async def _die_without_cleanup(server: ScriptedServer) -> None:
         return None
 
     runner = server.runs.runner
-    runner._close_cancelled = nothing  # type: ignore[method-assign]
+    runner._end = nothing  # type: ignore[method-assign]
     runner._release = nothing  # type: ignore[method-assign]
     tasks = [local.task for local in server.runs._local.values() if local.task is not None]
     await asyncio.sleep(0.05)  # the writer commits what the turn emitted before the "kill"
@@ -371,3 +371,58 @@ async def test_concurrent_creates_with_one_idempotency_key_across_two_servers_ma
         await first.close(grace_seconds=1)
         await second.close(grace_seconds=1)
         await other_store.close()
+
+
+async def test_a_message_to_a_thread_orphaned_by_a_crash_runs_once_the_lease_lapses(
+    store: Store, database_url: str, clock: ManualClock
+) -> None:
+    # Maintenance every 0.1 s of real time; leases measured on the manual clock.
+    settings = Settings(database_url=database_url, commit_window_ms=2, run_lease_seconds=0.3)
+    crashed = ScriptedServer(store, settings, clock=clock)
+    crashed.script.pause_after = 3
+    ctx = await crashed.sessions.context("alice", None)
+    orphan = await crashed.create_thread_and_start_turn(ctx, user_input("crash"))
+    await crashed.script.paused.wait()
+    await _die_without_cleanup(crashed)
+
+    survivor = ScriptedServer(store, settings, clock=clock)
+    await survivor.start()
+    try:
+        ctx = await survivor.sessions.context("alice", ctx.session.id)
+        # A healthy turn elsewhere, whose lease must keep being renewed meanwhile.
+        survivor.script.pause_after = 1
+        healthy = await survivor.create_thread_and_start_turn(ctx, user_input("healthy"))
+        await survivor.script.paused.wait()
+        survivor.script.pause_after = None
+        follow_up = await survivor.start_turn(ctx, orphan.thread_id, user_input("after"))
+        await asyncio.sleep(0.3)  # several maintenance rounds: none may get stuck
+        run = await store.get_run(follow_up.run_id)
+        assert run is not None and run.status == "queued"  # the orphan's lease still runs
+
+        clock.advance(settings.run_lease_seconds + 1)
+        # A bound on a hang, not a speed claim: before the fix this waited 300 s.
+        events = await asyncio.wait_for(collect(survivor, follow_up), timeout=5)
+
+        assert types_of(events)[0] == "run.started" and types_of(events)[-1] == "run.completed"
+        logged = await store.read_events(orphan.thread_id, 0, 1000)
+        orphan_terminals = [
+            e.type for e in logged if e.run_id == orphan.run_id and e.type.startswith("run.")
+        ]
+        assert orphan_terminals == ["run.started", "run.failed"]  # closed exactly once
+        assert [e.seq for e in logged] == list(range(1, len(logged) + 1))
+
+        async def healthy_lease_renewed() -> bool:
+            row = await store.get_run(healthy.run_id)
+            return (
+                row is not None and row.lease_until is not None and (row.lease_until > clock.now())
+            )
+
+        deadline = asyncio.get_running_loop().time() + 5
+        while not await healthy_lease_renewed():
+            assert asyncio.get_running_loop().time() < deadline, "lease renewal is stuck"
+            await asyncio.sleep(0.05)
+        survivor.script.resume.set()
+        assert types_of(await collect(survivor, healthy))[-1] == "run.completed"
+    finally:
+        survivor.script.resume.set()
+        await survivor.close(grace_seconds=1)

@@ -226,3 +226,53 @@ async def test_thread_metadata_never_leaves_the_server(live: LiveServer) -> None
     assert all("internal-42" not in event.data for event in events + more)
     row = await live.store.get_thread(thread_id)
     assert row is not None and row.meta == {"crm_id": "internal-42"}
+
+
+async def test_an_idempotency_key_reused_with_a_different_body_is_refused(
+    live: LiveServer,
+) -> None:
+    client = live.client()
+    _, events = await stream(client, create_thread("start"))
+    thread_id = thread_id_of(events)
+    _, other = await stream(client, create_thread("another thread"))
+    key = {"Idempotency-Key": "pay-once"}
+    await stream(client, add_message(thread_id, "first message"), key)
+
+    reuses = [
+        await client.post("/chatkit", json=add_message(thread_id, "second message"), headers=key),
+        await client.post(
+            "/chatkit", json=add_message(thread_id_of(other), "first message"), headers=key
+        ),
+        await client.post("/chatkit", json=create_thread("first message"), headers=key),
+    ]
+
+    for answer in reuses:
+        assert answer.status_code == 422, answer.text
+        assert answer.json()["error"]["code"] == "idempotency_key_reused"
+    items = (await client.post("/chatkit", json=request("items.list", thread_id=thread_id))).json()
+    texts = [item["content"][0]["text"] for item in items["data"]]
+    assert "second message" not in texts and texts.count("first message") == 2
+    listed = await client.post("/chatkit", json=request("threads.list"))
+    assert len(listed.json()["data"]) == 2  # the refused create made no thread
+
+
+async def test_reads_and_refused_requests_write_no_session(live: LiveServer) -> None:
+    client = live.client()
+    anonymous = live.client(user=None)
+    for _ in range(50):
+        assert (await client.post("/chatkit", json=request("threads.list"))).status_code == 200
+    refused = [
+        await client.post("/chatkit", json=add_message("thr_01m89c9r72f0dn9p19k1p647b9", "x")),
+        await client.post(
+            "/chatkit",
+            json={"type": "threads.custom_action", "params": {"thread_id": "t", "action": {}}},
+        ),
+        await client.post("/chatkit", json={"type": "threads.create", "params": {}}),
+        await client.get("/threads/thr_01m89c9r72f0dn9p19k1p647b9/events"),
+        await anonymous.post("/chatkit", json=add_message("thr_01m89c9r72f0dn9p19k1p647b9", "x")),
+    ]
+    for _ in range(20):
+        await anonymous.post("/chatkit", json=request("threads.list"))
+
+    assert [answer.status_code for answer in refused] == [404, 400, 400, 404, 404]
+    assert await _session_count(live) == 0

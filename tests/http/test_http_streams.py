@@ -295,3 +295,72 @@ async def test_get_by_id_tells_the_seq_its_snapshot_reflects_so_following_misses
 async def _committed_deltas(live: LiveServer, thread_id: str, after: int) -> bool:
     events = await live.store.read_events(thread_id, after, 100)
     return any(e.type == "thread.item.updated" for e in events)
+
+
+async def test_a_cursor_beyond_the_log_is_a_400_not_a_stream_that_never_ends(
+    live: LiveServer,
+) -> None:
+    client = live.client()
+    thread_id, first = await new_thread(client)
+    last = first[-1].seq
+    beyond = {"Last-Event-ID": str(last + 1)}
+
+    answers = [
+        await client.post("/chatkit", json=add_message(thread_id, "x"), headers=beyond),
+        await client.post("/chatkit", json=create_thread("x"), headers=beyond),
+        await client.post(
+            "/chatkit", json=create_thread("x"), headers={**beyond, "Idempotency-Key": "k1"}
+        ),
+        await client.get(f"/threads/{thread_id}/events", params={"after": last + 1}),
+        await client.get(f"/threads/{thread_id}/events", headers={"Last-Event-ID": "99999"}),
+    ]
+
+    for answer in answers:
+        assert answer.status_code == 400, answer.text
+        assert answer.json()["error"]["code"] == "invalid_cursor"
+    # Nothing was accepted: one thread, its one turn.
+    threads = await client.post("/chatkit", json=request("threads.list"))
+    assert [t["id"] for t in threads.json()["data"]] == [thread_id]
+    assert await live.store.max_seq(thread_id) == last
+    # The last event itself is a fine cursor: the stream opens and waits for what comes.
+    async with client.stream("GET", f"/threads/{thread_id}/events?after={last}") as follow:
+        assert follow.status_code == 200
+
+
+async def test_deleting_a_thread_ends_every_stream_on_it_with_thread_not_found(
+    live: LiveServer,
+) -> None:
+    client = live.client()
+    thread_id, first = await new_thread(client)
+    live.chat.hold.clear()
+    async with AsyncExitStack() as streams:
+        tab = SseReader(
+            await streams.enter_async_context(
+                client.stream("GET", f"/threads/{thread_id}/events?after={first[-1].seq}")
+            )
+        )
+        running = SseReader(
+            await streams.enter_async_context(
+                client.stream("POST", "/chatkit", json=add_message(thread_id, "a b c"))
+            )
+        )
+        await eventually(live.chat.paused.is_set)
+        queued = SseReader(
+            await streams.enter_async_context(
+                client.stream("POST", "/chatkit", json=add_message(thread_id, "queued"))
+            )
+        )
+
+        deleted = await client.post("/chatkit", json=request("threads.delete", thread_id=thread_id))
+        assert deleted.status_code == 200
+
+        # The running turn's own stream ends with its run, stopped by the deletion.
+        rest = await asyncio.wait_for(running.rest(), timeout=5)
+        assert (rest[-1].type, rest[-1].payload["reason"]) == ("run.cancelled", "thread_deleted")
+        for reader in (tab, queued):
+            # Every other stream ends (rest() returns), and its last word says why.
+            rest = await asyncio.wait_for(reader.rest(), timeout=5)
+            assert rest, "the stream ended without a word"
+            assert rest[-1].id is None
+            assert rest[-1].payload["error_code"] == "thread_not_found"
+    live.chat.hold.set()

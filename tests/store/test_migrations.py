@@ -83,13 +83,16 @@ def run_migrate(url: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=120)
 
 
-def test_there_is_one_initial_revision() -> None:
+def test_revisions_form_one_line_from_a_single_initial_one() -> None:
     script = ScriptDirectory.from_config(migrations.config())
 
-    revisions = list(script.walk_revisions())
+    revisions = list(script.walk_revisions())  # newest first
 
-    assert [r.revision for r in revisions] == [head()]
-    assert revisions[0].down_revision is None
+    assert revisions[0].revision == head()
+    assert [r.down_revision for r in revisions] == [
+        *(r.revision for r in revisions[1:]),
+        None,
+    ]
 
 
 def test_an_empty_database_differs_from_the_models(empty_database_url: str) -> None:
