@@ -9,7 +9,9 @@
     ├── Unauthorized          unauthorized
     ├── Conflict              conflict, idempotency_conflict
     │   └── ThreadBusy        thread_busy
-    └── ServiceUnavailable    unavailable
+    ├── ServiceUnavailable    unavailable
+    └── ModelError            model_auth_failed, model_rate_limited, model_timeout,
+                              model_not_found, model_unavailable, model_request_rejected
 
 Codes are part of the API: clients switch on them, so they never change meaning.
 The HTTP layer is the only place that turns a code into a status.
@@ -41,10 +43,19 @@ class ErrorCode(StrEnum):
     INTERNAL = "internal_error"
     RESPONDER_FAILED = "responder_failed"
     RUN_INTERRUPTED = "run_interrupted"
+    # The model service behind a responder: reported in the turn's `error` event.
+    MODEL_AUTH_FAILED = "model_auth_failed"
+    MODEL_RATE_LIMITED = "model_rate_limited"
+    MODEL_TIMEOUT = "model_timeout"
+    MODEL_NOT_FOUND = "model_not_found"
+    MODEL_UNAVAILABLE = "model_unavailable"
+    MODEL_REQUEST_REJECTED = "model_request_rejected"
 
 
 class ChatServerError(Exception):
     default_code: ErrorCode = ErrorCode.INTERNAL
+    # Whether the same request may succeed if tried again (ChatKit shows a retry button).
+    allow_retry: bool = False
 
     def __init__(self, message: str, code: ErrorCode | None = None) -> None:
         super().__init__(message)
@@ -82,3 +93,18 @@ class ThreadBusy(Conflict):
 
 class ServiceUnavailable(ChatServerError):
     default_code = ErrorCode.UNAVAILABLE
+
+
+_RETRYABLE_MODEL_CODES = frozenset(
+    {ErrorCode.MODEL_RATE_LIMITED, ErrorCode.MODEL_TIMEOUT, ErrorCode.MODEL_UNAVAILABLE}
+)
+
+
+class ModelError(ChatServerError):
+    """The model service failed a turn; the message is ours, the upstream detail is logged."""
+
+    default_code = ErrorCode.MODEL_UNAVAILABLE
+
+    def __init__(self, message: str, code: ErrorCode | None = None) -> None:
+        super().__init__(message, code)
+        self.allow_retry = self.code in _RETRYABLE_MODEL_CODES

@@ -499,7 +499,9 @@ class ChatServer:
     ) -> None:
         if isinstance(exc, ChatServerError):
             code = exc.code.value
-            error = ErrorEvent(code="custom", message=exc.message, error_code=code)
+            error = ErrorEvent(
+                code="custom", message=exc.message, allow_retry=exc.allow_retry, error_code=code
+            )
         else:
             # Details stay in the server log; the client gets a stable code, no stack trace.
             logger.error("respond() failed in run %s", run.id, exc_info=exc)

@@ -20,6 +20,9 @@ from chatserver.types import (
     ThreadItemDoneEvent,
     ThreadItemReplacedEvent,
     ThreadItemUpdatedEvent,
+    WorkflowItem,
+    WorkflowTaskAdded,
+    WorkflowTaskUpdated,
     dump_json,
     parse_stream_event,
 )
@@ -37,9 +40,19 @@ class _OpenItem:
 
     def apply(self, event: ThreadItemUpdatedEvent) -> None:
         item = self.item
-        if not isinstance(item, AssistantMessageItem):
-            return
         update = event.update
+        if isinstance(item, WorkflowItem):
+            # As ChatKit keeps it, so a stopped turn saves the workflow as far as it got.
+            tasks = item.workflow.tasks
+            if isinstance(update, WorkflowTaskAdded):
+                tasks.append(update.task.model_copy(deep=True))
+            elif isinstance(update, WorkflowTaskUpdated) and 0 <= update.task_index < len(tasks):
+                tasks[update.task_index] = update.task.model_copy(deep=True)
+            return
+        if not isinstance(item, AssistantMessageItem) or isinstance(
+            update, WorkflowTaskAdded | WorkflowTaskUpdated
+        ):
+            return
         index = update.content_index
         if isinstance(update, AssistantMessageContentPartAdded):
             self._materialize()

@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterable, AsyncIterator
 from datetime import datetime
 
-from pydantic import BaseModel
-
 from chatserver.ids import IdKind, new_id
 from chatserver.types import (
     AssistantMessageContent,
@@ -14,6 +12,7 @@ from chatserver.types import (
     AssistantMessageContentPartDone,
     AssistantMessageContentPartTextDelta,
     AssistantMessageItem,
+    ChatKitEvent,
     ThreadItemAddedEvent,
     ThreadItemDoneEvent,
     ThreadItemUpdatedEvent,
@@ -22,7 +21,7 @@ from chatserver.types import (
 
 async def stream_assistant_message(
     thread_id: str, chunks: AsyncIterable[str], *, created_at: datetime
-) -> AsyncIterator[BaseModel]:
+) -> AsyncIterator[ChatKitEvent]:
     item = AssistantMessageItem(
         id=new_id(IdKind.ITEM), thread_id=thread_id, created_at=created_at, content=[]
     )
