@@ -23,6 +23,8 @@ class Settings(BaseSettings):
         env_file=".env",
         env_file_encoding="utf-8",
         extra="ignore",
+        # `NAME=` (as in a copied .env.example) means unset: the default, or the fallback.
+        env_ignore_empty=True,
     )
 
     database_url: str = "sqlite+aiosqlite:///./chatserver.db"
@@ -85,7 +87,7 @@ class Settings(BaseSettings):
     openai_timeout_seconds: float = Field(default=60.0, gt=0)
     # Retries of a failed request (rate limit, 5xx, connection), by the openai client.
     openai_max_retries: int = Field(default=2, ge=0)
-    # Model calls one turn may make while it uses tools; the last one may not call tools.
+    # Times one turn may call tools; after that the model must answer without them.
     openai_max_tool_rounds: int = Field(default=8, ge=1)
 
     @classmethod
@@ -109,6 +111,15 @@ class Settings(BaseSettings):
     def _bounds_are_ordered(self) -> Settings:
         if self.min_timeout_seconds > self.max_timeout_seconds:
             raise ValueError("min_timeout_seconds must not exceed max_timeout_seconds")
+        return self
+
+    @model_validator(mode="after")
+    def _openai_responder_is_configured(self) -> Settings:
+        if self.responder == "openai" and not self.openai_configured:
+            raise ValueError(
+                "responder openai needs CHATSERVER_OPENAI_API_KEY (or OPENAI_API_KEY) or "
+                "CHATSERVER_OPENAI_BASE_URL (or OPENAI_BASE_URL)"
+            )
         return self
 
     def policy_seconds(self) -> dict[str, int]:

@@ -31,6 +31,7 @@ from chatserver.responders.prompt import (
     HistoryWindow,
     chat_prompt,
     message_text,
+    thread_history,
     tool_call_messages,
 )
 from chatserver.responders.tools import Tool
@@ -63,7 +64,7 @@ def openai_client(settings: Settings) -> AsyncOpenAI:
     key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else ""
     return AsyncOpenAI(
         api_key=key or _NO_API_KEY,
-        base_url=settings.openai_base_url,
+        base_url=settings.openai_base_url or None,
         timeout=settings.openai_timeout_seconds,
         max_retries=settings.openai_max_retries,
     )
@@ -110,9 +111,7 @@ class OpenAIResponder:
             model=model or settings.openai_model,
             system_prompt=settings.openai_system_prompt if system_prompt is None else system_prompt,
             tools=tools,
-            window=HistoryWindow(
-                settings.openai_history_max_messages, settings.openai_history_max_tokens
-            ),
+            window=HistoryWindow.of(settings),
             max_tool_rounds=settings.openai_max_tool_rounds,
             owns_client=client is None,
         )
@@ -124,11 +123,7 @@ class OpenAIResponder:
     async def prompt(
         self, input: UserMessageItem | None, context: RequestContext
     ) -> list[ChatMessage]:
-        items = await context.history(limit=self.window.items_to_read)
-        # history() ends with the turn's own message once it is committed before respond()
-        # runs; where it is not, the message is added here, once.
-        if input is not None and all(item.id != input.id for item in items):
-            items.append(input)
+        items = await thread_history(input, context, self.window)
         return chat_prompt(items, system_prompt=self.system_prompt, window=self.window)
 
     async def respond(
@@ -306,10 +301,11 @@ async def _starting_with(first: str, rest: AsyncIterator[str]) -> AsyncIterator[
 # --- errors -------------------------------------------------------------------------------
 
 
-def model_error(exc: openai.OpenAIError, model: str) -> ModelError:
+def model_error(exc: openai.OpenAIError, model: str | None = None) -> ModelError:
     """Our stable code and message for a failure of the model service; its own message (which
     may name accounts or keys) goes to the log only."""
     logger.warning("model request failed: %s: %s", type(exc).__name__, exc)
+    missing = f"The model {model} is not available." if model else "The model is not available."
     match exc:
         case openai.AuthenticationError() | openai.PermissionDeniedError():
             return ModelError(
@@ -328,9 +324,9 @@ def model_error(exc: openai.OpenAIError, model: str) -> ModelError:
                 "The model service could not be reached.", ErrorCode.MODEL_UNAVAILABLE
             )
         case openai.NotFoundError():
-            return ModelError(f"The model {model} is not available.", ErrorCode.MODEL_NOT_FOUND)
+            return ModelError(missing, ErrorCode.MODEL_NOT_FOUND)
         case openai.BadRequestError() if _names_the_model(exc):
-            return ModelError(f"The model {model} is not available.", ErrorCode.MODEL_NOT_FOUND)
+            return ModelError(missing, ErrorCode.MODEL_NOT_FOUND)
         case openai.APIStatusError() if exc.status_code >= 500:
             return ModelError("The model service failed to answer.", ErrorCode.MODEL_UNAVAILABLE)
         case openai.APIStatusError():

@@ -14,7 +14,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from chatserver.config import Settings
 from chatserver.responders.workflow import ToolCallRecord
+from chatserver.sessions import RequestContext
 from chatserver.types import (
     AssistantMessageItem,
     ClientToolCallItem,
@@ -38,11 +40,27 @@ class HistoryWindow:
     max_messages: int
     max_tokens: int
 
+    @classmethod
+    def of(cls, settings: Settings) -> HistoryWindow:
+        return cls(settings.openai_history_max_messages, settings.openai_history_max_tokens)
+
     @property
     def items_to_read(self) -> int:
         # Items the prompt has no message for (workflows: at most one per turn with tools)
         # are fewer than those it has, so twice the window, plus the new message, suffices.
         return 2 * self.max_messages + 1
+
+
+async def thread_history(
+    input: UserMessageItem | None, context: RequestContext, window: HistoryWindow
+) -> list[ThreadItem]:
+    """The thread's newest items, ending with the turn's message, enough to fill `window`."""
+    items = await context.history(limit=window.items_to_read)
+    # history() ends with the turn's own message once it is committed before respond()
+    # runs; where it is not, the message is added here, once.
+    if input is not None and all(item.id != input.id for item in items):
+        items.append(input)
+    return items
 
 
 def chat_prompt(

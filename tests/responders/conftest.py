@@ -13,7 +13,7 @@ from chatserver.clock import ManualClock
 from chatserver.config import Settings
 from chatserver.responders.openai import OpenAIChatServer
 from chatserver.responders.tools import Tool, ToolError, tool
-from chatserver.server import RunHandle
+from chatserver.server import ChatServer, RunHandle
 from chatserver.sessions import RequestContext
 from chatserver.store import Store, StoredEvent
 from chatserver.types import (
@@ -117,7 +117,7 @@ async def new_context(server: OpenAIChatServer, user: str = "alice") -> RequestC
     return await server.sessions.context(user, None)
 
 
-async def collect(server: OpenAIChatServer, handle: RunHandle) -> list[StoredEvent]:
+async def collect(server: ChatServer, handle: RunHandle) -> list[StoredEvent]:
     return [event async for event in server.stream_run(handle)]
 
 
@@ -129,7 +129,7 @@ def parsed(events: list[StoredEvent]) -> list[Any]:
     return [parse_stream_event(event.data) for event in events]
 
 
-async def stored_items(server: OpenAIChatServer, thread_id: str) -> list[tuple[str, str, Any]]:
+async def stored_items(server: ChatServer, thread_id: str) -> list[tuple[str, str, Any]]:
     """(type, status, item) of every item of the thread, oldest first."""
     rows, _ = await server.store.list_items(thread_id, limit=100)
     return [(row.type, row.status, parse_thread_item(row.data)) for row in rows]
