@@ -30,6 +30,7 @@ from agents import (
 )
 from agents.stream_events import RawResponsesStreamEvent, RunItemStreamEvent
 
+from chatserver.clock import Clock
 from chatserver.ids import IdKind, new_id
 from chatserver.responders.openai import model_error
 from chatserver.responders.prompt import ChatMessage, HistoryWindow, chat_prompt, thread_history
@@ -94,7 +95,7 @@ async def stream_agent_run(
     thread: ThreadMetadata, result: RunResultStreaming, context: RequestContext
 ) -> AsyncIterator[ChatKitEvent]:
     """Yield a streamed run's text, tool calls and handoffs as ChatKit events."""
-    run = _RunDisplay(thread.id, context)
+    run = _RunDisplay(thread.id, context.clock)
     try:
         async for event in result.stream_events():
             if isinstance(event, RawResponsesStreamEvent):
@@ -122,10 +123,10 @@ class _Call:
 
 
 class _RunDisplay:
-    def __init__(self, thread_id: str, context: RequestContext) -> None:
+    def __init__(self, thread_id: str, clock: Clock) -> None:
         self._thread_id = thread_id
-        self._context = context
-        self._workflow = WorkflowDisplay(thread_id, context.clock)
+        self._clock = clock
+        self._workflow = WorkflowDisplay(thread_id, clock)
         self._message: AssistantMessageItem | None = None
         self._text: list[str] = []
         self._calls: dict[str, _Call] = {}
@@ -150,8 +151,21 @@ class _RunDisplay:
         return []
 
     def finish(self) -> list[ChatKitEvent]:
-        ended = self._workflow.end()
-        return self._end_message() + ([ended] if ended is not None else [])
+        return self._end_message() + self._end_workflow()
+
+    def _end_workflow(self) -> list[ChatKitEvent]:
+        # Calls the model's service ran itself (web search, ...) have no output item of their
+        # own: they are done by the time anything else is shown.
+        events = [
+            self._workflow.update(
+                call.index, CustomTask(title=call.title, status_indicator="complete")
+            )
+            for call in self._calls.values()
+        ]
+        self._calls.clear()
+        if (ended := self._workflow.end()) is not None:
+            events.append(ended)
+        return events
 
     def _delta(self, text: str) -> list[ChatKitEvent]:
         if not text:
@@ -159,12 +173,11 @@ class _RunDisplay:
         events: list[ChatKitEvent] = []
         if self._message is None:
             # A message after tool calls closes their workflow, as in ChatKit.
-            if (ended := self._workflow.end()) is not None:
-                events.append(ended)
+            events.extend(self._end_workflow())
             self._message = AssistantMessageItem(
                 id=new_id(IdKind.ITEM),
                 thread_id=self._thread_id,
-                created_at=self._context.clock.now(),
+                created_at=self._clock.now(),
                 content=[],
             )
             events.append(ThreadItemAddedEvent(item=self._message))
@@ -229,7 +242,7 @@ class _RunDisplay:
             record = ToolCallRecord(
                 call_id=call_id, name=call.name, arguments=call.arguments, output=output
             )
-            saved = record.item(self._thread_id, self._context.clock)
+            saved = record.item(self._thread_id, self._clock)
             events.append(ThreadItemDoneEvent(item=saved))
         return events
 

@@ -135,28 +135,19 @@ class OpenAIResponder:
         workflow = WorkflowDisplay(thread.id, context.clock)
         try:
             for round_ in range(self.max_tool_rounds + 1):
-                reply = _Reply()
                 offer_tools = bool(self.tools) and round_ < self.max_tool_rounds
-                stream = await self._request(messages, offer_tools)
-                try:
-                    async with aclosing(reply.read(stream)) as texts:
-                        first = await anext(texts, None)
-                        if first is not None:
-                            # A message after tool calls closes their workflow, as in ChatKit.
-                            if (ended := workflow.end()) is not None:
-                                yield ended
-                            async for event in stream_assistant_message(
-                                thread.id,
-                                _starting_with(first, texts),
-                                created_at=context.clock.now(),
-                            ):
-                                yield event
-                finally:
-                    # Also on stop: closing the response ends the model's generation.
-                    await stream.close()
+                reply = _Reply()
+                # Closed at once if the turn ends mid-way: it holds the model's HTTP stream.
+                async with aclosing(
+                    self._stream_reply(thread.id, messages, offer_tools, reply, workflow, context)
+                ) as events:
+                    async for event in events:
+                        yield event
                 if reply.text:
                     messages.append({"role": "assistant", "content": reply.text})
                 if not reply.calls:
+                    if not reply.text:
+                        logger.warning("the model's answer in thread %s was empty", thread.id)
                     break
                 if not offer_tools:
                     logger.warning("model called tools it was not offered; calls ignored")
@@ -175,6 +166,34 @@ class OpenAIResponder:
             raise model_error(exc, self.model) from exc
         if (ended := workflow.end()) is not None:
             yield ended
+
+    async def _stream_reply(
+        self,
+        thread_id: str,
+        messages: list[ChatMessage],
+        offer_tools: bool,
+        reply: _Reply,
+        workflow: WorkflowDisplay,
+        context: RequestContext,
+    ) -> AsyncGenerator[ChatKitEvent, None]:
+        """One completion: its text streamed as an assistant message (if it has any), its
+        tool calls collected in `reply`."""
+        stream = await self._request(messages, offer_tools)
+        try:
+            async with aclosing(reply.read(stream)) as texts:
+                first = await anext(texts, None)
+                if first is None:
+                    return
+                # A message after tool calls closes their workflow, as in ChatKit.
+                if (ended := workflow.end()) is not None:
+                    yield ended
+                async for event in stream_assistant_message(
+                    thread_id, _starting_with(first, texts), created_at=context.clock.now()
+                ):
+                    yield event
+        finally:
+            # Also when the turn stops: closing the response ends the model's generation.
+            await stream.close()
 
     async def _request(
         self, messages: list[ChatMessage], offer_tools: bool

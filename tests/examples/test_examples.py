@@ -19,7 +19,9 @@ from tests.examples.conftest import EXAMPLES, Serve, load_example
 from tests.http.http_harness import (
     TOKENS,
     add_message,
+    chatkit_items_page,
     create_thread,
+    request,
     stream,
     thread_id_of,
     validate_event,
@@ -122,7 +124,13 @@ async def test_openai_agent_calls_its_tool_on_the_model_service(
 
     async with running.client(headers=bearer("alice")) as client:
         _, events = await stream(client, create_thread("What time is it in Tokyo?"))
+        listed = await client.post(
+            "/chatkit", json=request("items.list", thread_id=thread_id_of(events), order="asc")
+        )
 
+    # A ChatKit client sees the tool calls as a workflow; their saved records stay hidden.
+    page = chatkit_items_page.validate_json(listed.text)
+    assert [item.type for item in page.data] == ["user_message", "workflow", "assistant_message"]
     for event in events:
         validate_event(event)
     assert answer_of(events) == "In Tokyo it is 21:30."

@@ -8,12 +8,20 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from agents import Agent, OpenAIChatCompletionsModel, RunConfig, Runner, function_tool
+from agents import (
+    Agent,
+    OpenAIChatCompletionsModel,
+    RunConfig,
+    Runner,
+    ToolCallItem,
+    function_tool,
+)
+from agents.stream_events import RunItemStreamEvent
 from openai import AsyncOpenAI
 
 from chatserver.clock import ManualClock
 from chatserver.config import Settings
-from chatserver.responders.agents import agent_input, stream_agent_run
+from chatserver.responders.agents import _RunDisplay, agent_input, stream_agent_run
 from chatserver.responders.prompt import HistoryWindow
 from chatserver.server import ChatServer
 from chatserver.sessions import RequestContext
@@ -26,6 +34,7 @@ from chatserver.types import (
     ThreadMetadata,
     UserMessageItem,
     WorkflowItem,
+    dump_json,
 )
 from tests.http.http_harness import eventually
 from tests.responders.conftest import collect, payloads, stored_items, user_input
@@ -224,3 +233,24 @@ async def test_closing_the_events_between_two_of_them_cancels_the_run_at_once(
 
     await asyncio.wait_for(fake_openai.closed_early.wait(), 10)
     assert result.is_complete
+
+
+def test_a_call_the_service_ran_itself_is_complete_once_the_workflow_ends() -> None:
+    # Hosted tools (web search, ...) have no output item; the fake service has none of them.
+    run = _RunDisplay("thr_1", ManualClock())
+    call = ToolCallItem(agent=Agent(name="a"), raw_item={"type": "web_search_call", "id": "ws_1"})
+
+    shown = run.item(RunItemStreamEvent(name="tool_called", item=call)) + run.finish()
+
+    payloads = [without_ids(json.loads(dump_json(event))) for event in shown]
+    loading = {"type": "custom", "title": "Web search call", "status_indicator": "loading"}
+    complete = loading | {"status_indicator": "complete"}
+    assert [p["type"] for p in payloads] == [
+        "thread.item.added",
+        "thread.item.updated",
+        "thread.item.done",
+    ]
+    assert payloads[0]["item"]["workflow"]["tasks"] == [loading]
+    update = {"type": "workflow.task.updated", "task_index": 0, "task": complete}
+    assert payloads[1]["update"] == update
+    assert payloads[2]["item"]["workflow"]["tasks"] == [complete]
