@@ -9,6 +9,8 @@ from chatserver.config import Settings
 from chatserver.errors import ChatServerError, ErrorCode
 from chatserver.responders.echo import EchoChatServer
 from chatserver.responders.messages import stream_assistant_message
+from chatserver.responders.openai import OpenAIChatServer, OpenAIResponder
+from chatserver.responders.tools import Tool, ToolError, tool
 from chatserver.server import ChatServer
 from chatserver.sessions import RequestContext
 from chatserver.store import Store
@@ -17,10 +19,12 @@ from chatserver.types import (
     AssistantMessageItem,
     ChatKitEvent,
     ClientEffectEvent,
+    CustomTask,
     ErrorEvent,
     HiddenContextItem,
     NoticeEvent,
     ProgressUpdateEvent,
+    TaskItem,
     Thread,
     ThreadItem,
     ThreadItemAddedEvent,
@@ -31,6 +35,8 @@ from chatserver.types import (
     ThreadMetadata,
     UserMessageItem,
     UserMessageTextContent,
+    Workflow,
+    WorkflowItem,
 )
 
 __version__ = "0.1.0"
@@ -43,17 +49,21 @@ __all__ = [
     "ChatServerError",
     "ClientEffectEvent",
     "Clock",
+    "CustomTask",
     "EchoChatServer",
     "ErrorCode",
     "ErrorEvent",
     "HiddenContextItem",
     "ManualClock",
     "NoticeEvent",
+    "OpenAIChatServer",
+    "OpenAIResponder",
     "ProgressUpdateEvent",
     "RequestContext",
     "Settings",
     "Store",
     "SystemClock",
+    "TaskItem",
     "Thread",
     "ThreadItem",
     "ThreadItemAddedEvent",
@@ -62,10 +72,15 @@ __all__ = [
     "ThreadItemReplacedEvent",
     "ThreadItemUpdatedEvent",
     "ThreadMetadata",
+    "Tool",
+    "ToolError",
     "UserMessageItem",
     "UserMessageTextContent",
+    "Workflow",
+    "WorkflowItem",
     "__version__",
     "create_app",
     "create_default_app",
     "stream_assistant_message",
+    "tool",
 ]

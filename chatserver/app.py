@@ -77,7 +77,26 @@ def create_app(
 
 
 def create_default_app(settings: Settings | None = None) -> Starlette:
-    """The echo server on the configured database: what `chatserver serve` runs."""
+    """What `chatserver serve` runs: the configured responder on the configured database."""
     settings = settings or Settings()
     store = Store(settings.database_url, pool_size=settings.database_pool_size)
-    return create_app(EchoChatServer(store, settings), settings, migrate=True)
+    return create_app(default_server(store, settings), settings, migrate=True)
+
+
+def default_server(store: Store, settings: Settings) -> ChatServer:
+    """`settings.responder`; `auto` is the OpenAI responder when an API key or a base URL is
+    configured, else the offline echo."""
+    choice = settings.responder
+    if choice == "auto":
+        choice = "openai" if settings.openai_configured else "echo"
+    if choice == "openai":
+        from chatserver.responders.openai import OpenAIChatServer
+
+        where = settings.openai_base_url or "the OpenAI API"
+        logger.info("responder: openai, model %s at %s", settings.openai_model, where)
+        return OpenAIChatServer(store, settings)
+    logger.info(
+        "responder: echo (offline; set CHATSERVER_OPENAI_API_KEY or CHATSERVER_OPENAI_BASE_URL"
+        " to answer with a model)"
+    )
+    return EchoChatServer(store, settings)

@@ -6,12 +6,12 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, get_args
 
 import sqlalchemy as sa
 from pydantic import ValidationError
 
-from chatserver.config import Settings
+from chatserver.config import ResponderChoice, Settings
 from chatserver.store import migrations
 
 
@@ -44,6 +44,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="interface to bind (default: CHATSERVER_HOST, 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to bind (default: CHATSERVER_PORT, 8000)")
     serve.add_argument("--database-url", help=database_help)
+    serve.add_argument(
+        "--responder",
+        choices=get_args(ResponderChoice),
+        help="what answers: echo, openai, or auto (default: CHATSERVER_RESPONDER, auto: openai "
+        "when an API key or base URL is configured, else echo)",
+    )
     return parser
 
 
@@ -51,7 +57,7 @@ def _settings(args: argparse.Namespace) -> Settings:
     """Environment and .env first, command-line options over them."""
     overrides: dict[str, Any] = {
         name: value
-        for name in ("database_url", "host", "port")
+        for name in ("database_url", "host", "port", "responder")
         if (value := getattr(args, name, None)) is not None
     }
     return Settings(**overrides)

@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import os
+from pathlib import Path
+from typing import Any, Literal
 
+from dotenv import dotenv_values
 from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 DoubleTexting = Literal["queue", "reject", "interrupt"]
 CleanupStrategy = Literal["immediate", "deferred", "lazy"]
+# `auto`: the OpenAI responder when an API key or base URL is configured, else the echo.
+ResponderChoice = Literal["auto", "echo", "openai"]
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix="CHATSERVER_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+        env_prefix="CHATSERVER_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        # `NAME=` (as in a copied .env.example) means unset: the default, or the fallback.
+        env_ignore_empty=True,
     )
 
     database_url: str = "sqlite+aiosqlite:///./chatserver.db"
@@ -63,10 +74,55 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: float = Field(default=3.0, ge=0)
     log_level: str = "INFO"
 
+    # What `chatserver serve` answers with (create_default_app).
+    responder: ResponderChoice = "auto"
+    # The OpenAI responder (chatserver/responders/openai.py): OpenAI or any server speaking
+    # its Chat Completions API. Unset, they fall back to OPENAI_API_KEY / OPENAI_BASE_URL.
+    openai_api_key: SecretStr | None = None
+    openai_base_url: str | None = None
+    openai_model: str = Field(default="gpt-4o-mini", min_length=1)
+    openai_system_prompt: str = "You are a helpful assistant."
+    # The prompt keeps the newest thread messages within both bounds; tokens are estimated
+    # (about 4 characters each), and the user's new message is always sent.
+    openai_history_max_messages: int = Field(default=40, ge=1)
+    openai_history_max_tokens: int = Field(default=12_000, ge=1)
+    # Seconds to connect, and to wait for each piece of the answer while it streams.
+    openai_timeout_seconds: float = Field(default=60.0, gt=0)
+    # Retries of a failed request (rate limit, 5xx, connection), by the openai client.
+    openai_max_retries: int = Field(default=2, ge=0)
+    # Times one turn may call tools; after that the model must answer without them.
+    openai_max_tool_rounds: int = Field(default=8, ge=1)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (
+            init_settings,
+            env_settings,
+            dotenv_settings,
+            file_secret_settings,
+            _ConventionalOpenAIVariables(settings_cls),
+        )
+
     @model_validator(mode="after")
     def _bounds_are_ordered(self) -> Settings:
         if self.min_timeout_seconds > self.max_timeout_seconds:
             raise ValueError("min_timeout_seconds must not exceed max_timeout_seconds")
+        return self
+
+    @model_validator(mode="after")
+    def _openai_responder_is_configured(self) -> Settings:
+        if self.responder == "openai" and not self.openai_configured:
+            raise ValueError(
+                "responder openai needs CHATSERVER_OPENAI_API_KEY (or OPENAI_API_KEY) or "
+                "CHATSERVER_OPENAI_BASE_URL (or OPENAI_BASE_URL)"
+            )
         return self
 
     def policy_seconds(self) -> dict[str, int]:
@@ -84,3 +140,36 @@ class Settings(BaseSettings):
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+    @property
+    def openai_configured(self) -> bool:
+        return bool(self.openai_api_key and self.openai_api_key.get_secret_value()) or bool(
+            self.openai_base_url
+        )
+
+
+_CONVENTIONAL_OPENAI_VARIABLES = {
+    "openai_api_key": "OPENAI_API_KEY",
+    "openai_base_url": "OPENAI_BASE_URL",
+}
+
+
+class _ConventionalOpenAIVariables(PydanticBaseSettingsSource):
+    """OPENAI_API_KEY and OPENAI_BASE_URL (environment, then `.env`), used only where no
+    CHATSERVER_OPENAI_* value is set anywhere: the last source, so every other one wins."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        # Unused: __call__ reads the two variables itself.
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        env_file = self.config.get("env_file")
+        dotenv: dict[str, str | None] = {}
+        if isinstance(env_file, str | Path) and Path(env_file).is_file():
+            dotenv = dotenv_values(env_file, encoding=self.config.get("env_file_encoding"))
+        values: dict[str, Any] = {}
+        for field, variable in _CONVENTIONAL_OPENAI_VARIABLES.items():
+            value = os.environ.get(variable) or dotenv.get(variable)
+            if value:
+                values[field] = value
+        return values

@@ -10,7 +10,9 @@
     ├── Conflict              conflict, idempotency_key_reused
     │   └── ThreadBusy        thread_busy
     ├── ServiceUnavailable    unavailable
-    └── InvalidEvent          invalid_event (a turn's respond() yielded a server event)
+    ├── InvalidEvent          invalid_event (a turn's respond() yielded a server event)
+    └── ModelError            model_auth_failed, model_rate_limited, model_timeout,
+                              model_not_found, model_unavailable, model_request_rejected
 
 Turn failures travel as `error` events with `error_code`: responder_failed, run_interrupted,
 invalid_event, or the code of the ChatServerError respond() raised.
@@ -48,10 +50,19 @@ class ErrorCode(StrEnum):
     RESPONDER_FAILED = "responder_failed"
     RUN_INTERRUPTED = "run_interrupted"
     INVALID_EVENT = "invalid_event"
+    # The model service behind a responder: reported in the turn's `error` event.
+    MODEL_AUTH_FAILED = "model_auth_failed"
+    MODEL_RATE_LIMITED = "model_rate_limited"
+    MODEL_TIMEOUT = "model_timeout"
+    MODEL_NOT_FOUND = "model_not_found"
+    MODEL_UNAVAILABLE = "model_unavailable"
+    MODEL_REQUEST_REJECTED = "model_request_rejected"
 
 
 class ChatServerError(Exception):
     default_code: ErrorCode = ErrorCode.INTERNAL
+    # Whether the same request may succeed if tried again (ChatKit shows a retry button).
+    allow_retry: bool = False
 
     def __init__(self, message: str, code: ErrorCode | None = None) -> None:
         super().__init__(message)
@@ -95,3 +106,18 @@ class InvalidEvent(ChatServerError):
     """respond() broke its contract (yielded something that is not a ChatKit event)."""
 
     default_code = ErrorCode.INVALID_EVENT
+
+
+_RETRYABLE_MODEL_CODES = frozenset(
+    {ErrorCode.MODEL_RATE_LIMITED, ErrorCode.MODEL_TIMEOUT, ErrorCode.MODEL_UNAVAILABLE}
+)
+
+
+class ModelError(ChatServerError):
+    """The model service failed a turn; the message is ours, the upstream detail is logged."""
+
+    default_code = ErrorCode.MODEL_UNAVAILABLE
+
+    def __init__(self, message: str, code: ErrorCode | None = None) -> None:
+        super().__init__(message, code)
+        self.allow_retry = self.code in _RETRYABLE_MODEL_CODES

@@ -54,6 +54,9 @@ from chatserver.types import (
     ThreadUpdatedEvent,
     UserMessageInput,
     UserMessageItem,
+    WorkflowItem,
+    WorkflowTaskAdded,
+    WorkflowTaskUpdated,
     dump_json,
     parse_stream_event,
     parse_thread_item,
@@ -74,9 +77,19 @@ class _OpenItem:
 
     def apply(self, event: ThreadItemUpdatedEvent) -> None:
         item = self.item
-        if not isinstance(item, AssistantMessageItem):
-            return
         update = event.update
+        if isinstance(item, WorkflowItem):
+            # As ChatKit keeps it, so a stopped turn saves the workflow as far as it got.
+            tasks = item.workflow.tasks
+            if isinstance(update, WorkflowTaskAdded):
+                tasks.append(update.task.model_copy(deep=True))
+            elif isinstance(update, WorkflowTaskUpdated) and 0 <= update.task_index < len(tasks):
+                tasks[update.task_index] = update.task.model_copy(deep=True)
+            return
+        if not isinstance(item, AssistantMessageItem) or isinstance(
+            update, WorkflowTaskAdded | WorkflowTaskUpdated
+        ):
+            return
         index = update.content_index
         if isinstance(update, AssistantMessageContentPartAdded):
             self._materialize()
@@ -376,7 +389,9 @@ class TurnRunner:
     def _failure_events(self, run: RunRow, exc: Exception) -> list[BaseModel]:
         if isinstance(exc, ChatServerError):
             code = exc.code.value
-            error = ErrorEvent(code="custom", message=exc.message, error_code=code)
+            error = ErrorEvent(
+                code="custom", message=exc.message, allow_retry=exc.allow_retry, error_code=code
+            )
             if exc.code is ErrorCode.INVALID_EVENT:
                 logger.error("run %s: %s", run.id, exc.message)
             else:

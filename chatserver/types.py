@@ -94,6 +94,58 @@ class ClientToolCallItem(ThreadItemBase):
     output: Any | None = None
 
 
+# --- Workflows: how ChatKit shows work done on the way to an answer (tool calls, steps) --
+
+
+class BaseTask(BaseModel):
+    # Inside a workflow: whether the task is still running ("loading") or done ("complete").
+    status_indicator: Literal["none", "loading", "complete"] = "none"
+
+
+class CustomTask(BaseTask):
+    type: Literal["custom"] = "custom"
+    title: str | None = None
+    # ChatKit only accepts its own icon names here; we do not mirror that list.
+    icon: str | None = None
+    content: str | None = None
+
+
+class ThoughtTask(BaseTask):
+    type: Literal["thought"] = "thought"
+    title: str | None = None
+    content: str
+
+
+Task = Annotated[CustomTask | ThoughtTask, Field(discriminator="type")]
+
+
+class CustomSummary(BaseModel):
+    title: str
+    icon: str | None = None
+
+
+class DurationSummary(BaseModel):
+    # Whole seconds the workflow took.
+    duration: int
+
+
+class Workflow(BaseModel):
+    type: Literal["custom", "reasoning"]
+    tasks: list[Task]
+    summary: CustomSummary | DurationSummary | None = None
+    expanded: bool = False
+
+
+class WorkflowItem(ThreadItemBase):
+    type: Literal["workflow"] = "workflow"
+    workflow: Workflow
+
+
+class TaskItem(ThreadItemBase):
+    type: Literal["task"] = "task"
+    task: Task
+
+
 class EndOfTurnItem(ThreadItemBase):
     type: Literal["end_of_turn"] = "end_of_turn"
 
@@ -105,7 +157,13 @@ class HiddenContextItem(ThreadItemBase):
 
 
 ThreadItem = Annotated[
-    UserMessageItem | AssistantMessageItem | ClientToolCallItem | EndOfTurnItem | HiddenContextItem,
+    UserMessageItem
+    | AssistantMessageItem
+    | ClientToolCallItem
+    | WorkflowItem
+    | TaskItem
+    | EndOfTurnItem
+    | HiddenContextItem,
     Field(discriminator="type"),
 ]
 
@@ -183,11 +241,25 @@ class AssistantMessageContentPartDone(BaseModel):
     content: AssistantMessageContent
 
 
+class WorkflowTaskAdded(BaseModel):
+    type: Literal["workflow.task.added"] = "workflow.task.added"
+    task_index: int
+    task: Task
+
+
+class WorkflowTaskUpdated(BaseModel):
+    type: Literal["workflow.task.updated"] = "workflow.task.updated"
+    task_index: int
+    task: Task
+
+
 ThreadItemUpdate = Annotated[
     AssistantMessageContentPartAdded
     | AssistantMessageContentPartTextDelta
     | AssistantMessageContentPartAnnotationAdded
-    | AssistantMessageContentPartDone,
+    | AssistantMessageContentPartDone
+    | WorkflowTaskAdded
+    | WorkflowTaskUpdated,
     Field(discriminator="type"),
 ]
 

@@ -1,6 +1,6 @@
 """The smallest chat server: a ChatServer subclass whose respond() shouts the message back.
 
-Run it (from the repository root):
+Run it (from the repository root, after `pip install -e .`):
 
     .venv/bin/python examples/echo_server.py
 
@@ -18,21 +18,29 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import uvicorn
-from pydantic import BaseModel
+from starlette.applications import Starlette
 
-from chatserver.app import create_app
-from chatserver.config import Settings
-from chatserver.responders import stream_assistant_message
-from chatserver.server import ChatServer
-from chatserver.sessions import RequestContext
-from chatserver.store import Store
-from chatserver.types import ThreadMetadata, UserMessageItem, UserMessageTextContent
+from chatserver import (
+    ChatKitEvent,
+    ChatServer,
+    RequestContext,
+    Settings,
+    Store,
+    ThreadMetadata,
+    UserMessageItem,
+    UserMessageTextContent,
+    create_app,
+    stream_assistant_message,
+)
 
 
 class ShoutingServer(ChatServer):
+    # Seconds between words: slow enough to watch the answer stream in.
+    word_delay = 0.1
+
     async def respond(
         self, thread: ThreadMetadata, input: UserMessageItem | None, context: RequestContext
-    ) -> AsyncIterator[BaseModel]:
+    ) -> AsyncIterator[ChatKitEvent]:
         text = " ".join(
             part.text
             for part in (input.content if input else [])
@@ -41,7 +49,7 @@ class ShoutingServer(ChatServer):
 
         async def words() -> AsyncIterator[str]:
             for word in text.upper().split():
-                await asyncio.sleep(0.1)  # slow enough to watch it stream
+                await asyncio.sleep(self.word_delay)
                 yield word + " "
 
         async for event in stream_assistant_message(
@@ -50,13 +58,15 @@ class ShoutingServer(ChatServer):
             yield event
 
 
+def build_app(settings: Settings) -> Starlette:
+    return create_app(ShoutingServer(Store(settings.database_url), settings), migrate=True)
+
+
 def main() -> None:
     settings = Settings(
         database_url="sqlite+aiosqlite:///./echo_server.db", bearer_tokens="demo:demo-user"
     )
-    server = ShoutingServer(Store(settings.database_url), settings)
-    app = create_app(server, settings, migrate=True)
-    uvicorn.run(app, host=settings.host, port=settings.port)
+    uvicorn.run(build_app(settings), host=settings.host, port=settings.port)
 
 
 if __name__ == "__main__":

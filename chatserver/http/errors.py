@@ -41,6 +41,13 @@ STATUS_BY_CODE: Final[Mapping[ErrorCode, int]] = MappingProxyType(
         ErrorCode.RESPONDER_FAILED: 500,
         ErrorCode.RUN_INTERRUPTED: 500,
         ErrorCode.INVALID_EVENT: 500,
+        # Failures of the model service behind us, as a gateway reports its upstream's.
+        ErrorCode.MODEL_AUTH_FAILED: 502,
+        ErrorCode.MODEL_RATE_LIMITED: 503,
+        ErrorCode.MODEL_TIMEOUT: 504,
+        ErrorCode.MODEL_NOT_FOUND: 502,
+        ErrorCode.MODEL_UNAVAILABLE: 502,
+        ErrorCode.MODEL_REQUEST_REJECTED: 502,
     }
 )
 
