@@ -23,8 +23,7 @@ from chatserver.responders.echo import EchoChatServer
 from chatserver.store import Store
 from chatserver.types import TERMINAL_RUN_EVENT_TYPES, ExtensionEvent
 
-SHARED = Path(__file__).resolve().parents[3] / "shared"
-SAMPLES = SHARED / "chatkit-samples"
+SAMPLES = Path(__file__).resolve().parents[1] / "fixtures" / "chatkit-samples"
 
 # Bearer tokens of the test users: alice and bob share nothing.
 TOKENS = {"alice": "tok-alice", "bob": "tok-bob"}
