@@ -56,6 +56,14 @@ export class MessageList {
     this.observer.observe(this.older);
   }
 
+  /** Whether "Load earlier messages" is on screen (the observer reports changes only). */
+  olderInView() {
+    if (this.older.hidden) return false;
+    const button = this.older.getBoundingClientRect();
+    const view = this.scroller.getBoundingClientRect();
+    return button.bottom > view.top && button.top < view.bottom;
+  }
+
   atBottom() {
     const s = this.scroller;
     return s.scrollHeight - s.scrollTop - s.clientHeight < STICKY_PX;

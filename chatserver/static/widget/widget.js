@@ -326,24 +326,31 @@ export class ChatWidget {
     if (this.olderLoading || !conversation.hasOlder || !conversation.threadId) return;
     this.olderLoading = true;
     this.render();
+    let page;
     try {
-      const { body } = await this.api.chatkit("items.list", {
+      ({ body: page } = await this.api.chatkit("items.list", {
         thread_id: conversation.threadId,
         order: "desc",
         after: conversation.olderCursor,
         limit: this.options.pageSize,
-      });
-      if (conversation !== this.conversation) return;
-      conversation.prepend(body.data.slice().reverse(), {
-        hasOlder: body.has_more,
-        olderCursor: body.after ?? null,
-      });
+      }));
     } catch (error) {
-      this.report("older", "Earlier messages could not be loaded", error, () => this.loadOlder());
+      if (conversation === this.conversation) {
+        this.report("older", "Earlier messages could not be loaded", error, () => this.loadOlder());
+      }
     } finally {
       this.olderLoading = false;
-      if (conversation === this.conversation) this.render();
     }
+    if (conversation !== this.conversation) return;
+    if (page) {
+      conversation.prepend(page.data.slice().reverse(), {
+        hasOlder: page.has_more,
+        olderCursor: page.after ?? null,
+      });
+    }
+    this.render();
+    // Still on screen (the page was short): the observer reports changes only, so go on.
+    if (page && this.messages.olderInView()) this.loadOlder();
   }
 
   // -- live events -------------------------------------------------------------------------
