@@ -16,6 +16,7 @@ from http_harness import LiveServer
 from playwright.async_api import Browser, BrowserContext, async_playwright
 from widget_harness import CHROMIUM, CHROMIUM_ARGS, IN_CI, Widget
 
+
 @pytest.fixture
 async def browser() -> AsyncIterator[Browser]:
     if not CHROMIUM.exists():
@@ -47,7 +48,7 @@ async def open_widget(
     live: LiveServer, context: BrowserContext
 ) -> AsyncIterator[Callable[..., Any]]:
     """Open the widget in a new tab of the shared browser context (so tabs share storage);
-    every tab must end the test without an uncaught page error."""
+    every tab must end the test without an uncaught page error or a request elsewhere."""
     opened: list[Widget] = []
 
     async def open_tab(path: str = "/", *, in_context: BrowserContext | None = None) -> Widget:
@@ -60,3 +61,5 @@ async def open_widget(
     yield open_tab
     errors = [error for widget in opened for error in widget.errors]
     assert errors == [], errors
+    elsewhere = [url for widget in opened for url in widget.elsewhere]
+    assert elsewhere == [], elsewhere

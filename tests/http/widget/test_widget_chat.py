@@ -19,7 +19,7 @@ from widget_harness import (
     step,
 )
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 OpenWidget = Callable[..., Any]
 

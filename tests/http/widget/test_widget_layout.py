@@ -11,7 +11,7 @@ from http_harness import LiveServer
 from playwright.async_api import Browser, BrowserContext, expect
 from widget_harness import SCREENSHOTS, Widget
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 OpenWidget = Callable[..., Any]
 
@@ -20,7 +20,8 @@ CONVERSATION = (
     "1. Make a virtual environment\n"
     "2. Install the package\n"
     "3. Run it\n\n"
-    "```sh\npython3.11 -m venv .venv && .venv/bin/pip install -e . && .venv/bin/chatserver serve\n```\n\n"
+    "```sh\npython3.11 -m venv .venv && .venv/bin/pip install -e . "
+    "&& .venv/bin/chatserver serve\n```\n\n"
     "Then open [the demo page](http://127.0.0.1:8000) and say `hello`."
 )
 PHONE = {"width": 390, "height": 844}

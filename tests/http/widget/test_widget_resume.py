@@ -22,7 +22,7 @@ from widget_harness import (
 
 from chatserver.http.services import Services
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 OpenWidget = Callable[..., Any]
 

@@ -13,7 +13,7 @@ from http_harness import LiveServer
 from playwright.async_api import BrowserContext, expect
 from widget_harness import Widget, embed_page, serve_embed_page
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 OpenWidget = Callable[..., Any]
 
@@ -60,7 +60,7 @@ async def test_assistant_markdown_with_script_and_javascript_links_is_sanitised(
 
     answer = tab.answers.first
     await expect(answer.locator("a")).to_have_count(2)
-    hrefs = await answer.locator("a").evaluate_all("links => links.map(a => a.getAttribute('href'))")
+    hrefs = await answer.locator("a").evaluate_all("as => as.map(a => a.getAttribute('href'))")
     assert hrefs == [None, None]
     await expect(answer.locator("a").first).to_have_text("click me")
     await expect(answer.locator("script, svg, img, iframe")).to_have_count(0)
@@ -83,7 +83,7 @@ async def test_markdown_renderer_lets_no_handler_script_or_unsafe_url_through(
         '<iframe src="https://example.com"></iframe>',
         '<div style="position:fixed;inset:0" onclick="window.__pwned=1">cover</div>',
         '<p class="cs-root">borrowed styles</p>',
-        "<math><mi xlink:href=\"javascript:alert(1)\">x</mi></math>",
+        '<math><mi xlink:href="javascript:alert(1)">x</mi></math>',
         "`<img src=x onerror=alert(1)>` in code",
         "```html\n<script>alert(1)</script>\n```",
     ]
@@ -96,11 +96,12 @@ async def test_markdown_renderer_lets_no_handler_script_or_unsafe_url_through(
                 const elements = [...box.querySelectorAll("*")];
                 return {
                     tags: [...new Set(elements.map((e) => e.tagName.toLowerCase()))].sort(),
-                    handlers: elements.flatMap((e) =>
-                        [...e.attributes].filter((a) => a.name.startsWith("on")).map((a) => a.name)),
+                    handlers: elements.flatMap((e) => [...e.attributes]
+                        .filter((a) => a.name.startsWith("on")).map((a) => a.name)),
                     styles: elements.filter((e) => e.hasAttribute("style")).length,
                     classes: elements.map((e) => e.className).filter((c) => c !== ""),
-                    hrefs: elements.filter((e) => e.hasAttribute("href")).map((e) => e.getAttribute("href")),
+                    hrefs: elements.filter((e) => e.hasAttribute("href"))
+                        .map((e) => e.getAttribute("href")),
                     srcs: elements.filter((e) => e.hasAttribute("src")).length,
                 };
             });

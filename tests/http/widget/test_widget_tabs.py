@@ -11,7 +11,7 @@ from http_harness import LiveServer
 from playwright.async_api import BrowserContext, expect
 from widget_harness import Widget, embed_page, hold_next_turn, paused, serve_embed_page, step
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 OpenWidget = Callable[..., Any]
 

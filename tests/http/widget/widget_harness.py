@@ -41,6 +41,16 @@ class Widget:
         self.live = live
         self.errors: list[str] = []
         page.on("pageerror", lambda error: self.errors.append(str(error)))
+        # Nothing may be fetched from anywhere but the chat server.
+        self.elsewhere: list[str] = []
+        page.on(
+            "request",
+            lambda request: (
+                None
+                if request.url.startswith((live.url + "/", "data:"))
+                else self.elsewhere.append(request.url)
+            ),
+        )
 
     @property
     def composer(self) -> Any:
@@ -115,7 +125,7 @@ async def paused(chat: ControlledEcho) -> None:
 
 def embed_page(**data: str) -> str:
     """A host page of our own that embeds the widget with some data attributes."""
-    attributes = " ".join(f'data-{name.replace("_", "-")}="{value}"' for name, value in data.items())
+    attributes = " ".join(f'data-{key.replace("_", "-")}="{value}"' for key, value in data.items())
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>host page</title>
 <style>body {{ margin: 0; font-family: serif; }} #chat {{ height: 100vh; }}</style></head>
