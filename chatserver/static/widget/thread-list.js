@@ -41,11 +41,19 @@ export class ThreadList {
 
   /** threads: [{id, title}] newest first. */
   render(threads, currentId, hasMore) {
+    // Called on every frame of a streaming answer: rebuilding the rows then would lose a
+    // title being typed and the keyboard focus.
+    const signature = JSON.stringify([threads, currentId, hasMore]);
+    if (signature === this.signature) return;
+    this.signature = signature;
     this.threads = threads;
     this.currentId = currentId;
     const focused = this.element.getRootNode().activeElement;
     const refocus = focused && this.list.contains(focused) ? focusKey(focused) : null;
+    const draft = this.list.querySelector(".cs-thread-title-input")?.value;
     this.list.replaceChildren(...threads.map((thread) => this.row(thread)));
+    const input = this.list.querySelector(".cs-thread-title-input");
+    if (input && draft !== undefined) input.value = draft;
     this.more.hidden = !hasMore;
     if (refocus) this.list.querySelector(refocus)?.focus();
   }

@@ -253,8 +253,13 @@ export class ChatWidget {
       this.loading = false;
       if (error instanceof ApiError && error.code === "thread_not_found") {
         this.forgetThread(threadId);
-        this.notices.show("open", { level: "warning", text: "That conversation no longer exists.", timeout: 8000 });
         this.startNew();
+        // After startNew(), which clears the notices of the thread it leaves.
+        this.notices.show("gone", {
+          level: "warning",
+          text: "That conversation no longer exists.",
+          timeout: 8000,
+        });
         return;
       }
       this.render();

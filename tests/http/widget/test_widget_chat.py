@@ -3,7 +3,7 @@ failed, keep several conversations."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -150,6 +150,36 @@ async def test_a_message_that_could_not_be_sent_is_sent_once_on_retry(
     assert thread_id is not None
     items = await live.chat.list_items(await owner_of(live, thread_id), thread_id, limit=50)
     assert [i.type for i in items.data] == ["user_message", "assistant_message"] * 2
+
+
+async def test_a_failed_answer_shows_an_error_and_retry_answers_the_same_message(
+    live: LiveServer, open_widget: OpenWidget
+) -> None:
+    tab: Widget = await open_widget()
+
+    async def broken(_text: str) -> AsyncIterator[str]:
+        yield "half "
+        raise RuntimeError("the model went away")
+
+    live.chat._words = broken  # type: ignore[method-assign]
+    await tab.send("please answer")
+    notice = tab.notices.filter(has_text="The assistant could not finish this answer.")
+    await expect(notice).to_be_visible()
+    await expect(tab.answers.locator(".cs-markdown")).to_have_text(["half"])
+    await expect(tab.answers.first).to_have_attribute("data-status", "incomplete")
+    await expect(tab.send_button).to_be_enabled()
+
+    del live.chat._words  # the responder works again
+    await notice.get_by_role("button", name="Retry").click()
+
+    await tab.wait_answered(1)
+    await expect(tab.user_messages).to_have_text(["please answer"])
+    await expect(tab.answers).to_have_text(["please answer"])
+    await expect(tab.notices).to_have_count(0)
+    thread_id = await tab.storage("thread")
+    assert thread_id is not None
+    items = await live.chat.list_items(await owner_of(live, thread_id), thread_id, limit=50)
+    assert [i.type for i in items.data] == ["user_message", "assistant_message"]
 
 
 async def test_thread_list_creates_switches_renames_and_deletes(

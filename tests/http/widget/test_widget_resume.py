@@ -6,9 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import httpx
 import pytest
-from http_harness import LiveServer, SseReader, add_message
+from http_harness import LiveServer, SseReader, add_message, request
 from playwright.async_api import BrowserContext, expect
 from widget_harness import (
     Widget,
@@ -16,6 +15,7 @@ from widget_harness import (
     hold_next_turn,
     owner_of,
     paused,
+    same_user,
     serve_embed_page,
     step,
 )
@@ -97,8 +97,7 @@ async def test_reconnects_after_the_stream_drops_and_shows_what_it_missed_once(
     streams.closing = False
 
     # Meanwhile the same user writes from elsewhere (another device with the same cookie).
-    cookies = {c["name"]: c["value"] for c in await context.cookies()}
-    async with httpx.AsyncClient(base_url=live.url, cookies=cookies) as other_device:
+    async with await same_user(context, live) as other_device:
         body = add_message(thread_id, "while you were away")
         async with other_device.stream("POST", "/chatkit", json=body) as response:
             assert response.status_code == 200
@@ -107,6 +106,27 @@ async def test_reconnects_after_the_stream_drops_and_shows_what_it_missed_once(
     await expect(tab.connection).to_have_attribute("data-state", "live", timeout=20_000)
     await expect(tab.user_messages).to_have_text(["before the break", "while you were away"])
     await expect(tab.answers).to_have_text(["before the break", "while you were away"])
+
+
+async def test_a_saved_thread_deleted_elsewhere_gives_a_new_chat_and_a_notice(
+    live: LiveServer, open_widget: OpenWidget, context: BrowserContext
+) -> None:
+    tab: Widget = await open_widget()
+    await tab.send("soon gone")
+    await tab.wait_answered(1)
+    thread_id = await tab.storage("thread")
+    async with await same_user(context, live) as other_device:
+        deleted = await other_device.post(
+            "/chatkit", json=request("threads.delete", thread_id=thread_id)
+        )
+        assert deleted.status_code == 200
+
+    await tab.page.reload()
+
+    await expect(tab.notices).to_have_text(["That conversation no longer exists."])
+    await expect(tab.page.locator(".cs-empty")).to_be_visible()
+    await expect(tab.threads).to_have_count(0)
+    assert await tab.storage("thread") is None
 
 
 async def test_expired_session_continues_the_thread_in_a_new_session_with_a_notice(

@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import httpx
 from http_harness import ControlledEcho, LiveServer
 from playwright.async_api import BrowserContext, Page, Route, expect
 
@@ -147,3 +148,9 @@ async def owner_of(live: LiveServer, thread_id: str) -> str:
     row = await live.store.get_thread(thread_id)
     assert row is not None, f"thread {thread_id} not stored"
     return row.user_id
+
+
+async def same_user(context: BrowserContext, live: LiveServer) -> httpx.AsyncClient:
+    """An HTTP client that is the browser's user (its identity cookie): another device."""
+    cookies = {cookie["name"]: cookie["value"] for cookie in await context.cookies()}
+    return httpx.AsyncClient(base_url=live.url, cookies=cookies, timeout=10)
