@@ -19,8 +19,16 @@ OpenWidget = Callable[..., Any]
 async def test_a_message_sent_in_one_tab_streams_live_in_the_other(
     live: LiveServer, open_widget: OpenWidget
 ) -> None:
+    seen: dict[str, set[tuple[str | None, str | None]]] = {"first": set(), "second": set()}
     first: Widget = await open_widget()
     second: Widget = await open_widget()
+    for name, tab in (("first", first), ("second", second)):
+        tab.page.on(
+            "request",
+            lambda r, name=name: seen[name].add(
+                (r.headers.get("x-session-id"), r.headers.get("x-tab-id"))
+            ),
+        )
     hold_next_turn(live.chat)
 
     await first.send("hello from the first tab")
@@ -49,6 +57,11 @@ async def test_a_message_sent_in_one_tab_streams_live_in_the_other(
     )
     await expect(first.answers).to_have_count(2)
     await expect(second.answers).to_have_count(2)
+    # Every request names the browser's one session and its own tab.
+    ((first_session, first_tab),) = seen["first"]
+    ((second_session, second_tab),) = seen["second"]
+    assert first_session == second_session == await first.storage("session")
+    assert first_tab and second_tab and first_tab != second_tab
 
 
 async def test_thread_choice_renames_and_deletes_reach_every_tab(
