@@ -13,9 +13,9 @@ from widget_harness import (
     Widget,
     embed_page,
     hold_next_turn,
-    owner_of,
     paused,
     serve_embed_page,
+    server_view,
     step,
 )
 
@@ -148,12 +148,12 @@ async def test_a_message_that_could_not_be_sent_is_sent_once_on_retry(
     await expect(tab.answers).to_have_text(["first", "second try"])
     await expect(tab.notices).to_have_count(0)
     assert thread_id is not None
-    items = await live.chat.list_items(await owner_of(live, thread_id), thread_id, limit=50)
-    assert [i.type for i in items.data] == ["user_message", "assistant_message"] * 2
+    items = await server_view(context, live, "items.list", thread_id=thread_id, order="asc")
+    assert [i["type"] for i in items["data"]] == ["user_message", "assistant_message"] * 2
 
 
 async def test_a_failed_answer_shows_an_error_and_retry_answers_the_same_message(
-    live: LiveServer, open_widget: OpenWidget
+    live: LiveServer, open_widget: OpenWidget, context: BrowserContext
 ) -> None:
     tab: Widget = await open_widget()
 
@@ -178,12 +178,12 @@ async def test_a_failed_answer_shows_an_error_and_retry_answers_the_same_message
     await expect(tab.notices).to_have_count(0)
     thread_id = await tab.storage("thread")
     assert thread_id is not None
-    items = await live.chat.list_items(await owner_of(live, thread_id), thread_id, limit=50)
-    assert [i.type for i in items.data] == ["user_message", "assistant_message"]
+    items = await server_view(context, live, "items.list", thread_id=thread_id, order="asc")
+    assert [i["type"] for i in items["data"]] == ["user_message", "assistant_message"]
 
 
 async def test_thread_list_creates_switches_renames_and_deletes(
-    live: LiveServer, open_widget: OpenWidget
+    live: LiveServer, open_widget: OpenWidget, context: BrowserContext
 ) -> None:
     tab: Widget = await open_widget()
     await tab.send("apples")
@@ -219,8 +219,8 @@ async def test_thread_list_creates_switches_renames_and_deletes(
 
     thread_id = await tab.storage("thread")
     assert thread_id is not None
-    page = await live.chat.list_threads(await owner_of(live, thread_id), limit=10)
-    assert [t.title for t in page.data] == ["Fruit notes"]
+    threads = await server_view(context, live, "threads.list", limit=10)
+    assert [t["title"] for t in threads["data"]] == ["Fruit notes"]
 
 
 async def test_older_messages_page_in_above_in_order_and_once(

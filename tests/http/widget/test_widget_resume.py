@@ -13,10 +13,10 @@ from widget_harness import (
     Widget,
     embed_page,
     hold_next_turn,
-    owner_of,
     paused,
     same_user,
     serve_embed_page,
+    server_view,
     step,
 )
 
@@ -130,7 +130,7 @@ async def test_a_saved_thread_deleted_elsewhere_gives_a_new_chat_and_a_notice(
 
 
 async def test_expired_session_continues_the_thread_in_a_new_session_with_a_notice(
-    live: LiveServer, open_widget: OpenWidget
+    live: LiveServer, open_widget: OpenWidget, context: BrowserContext
 ) -> None:
     tab: Widget = await open_widget()
     await tab.send("before expiry")
@@ -150,13 +150,12 @@ async def test_expired_session_continues_the_thread_in_a_new_session_with_a_noti
     assert new_session not in (None, old_session)
     assert await tab.storage("thread") == thread_id
 
-    owner = await owner_of(live, thread_id)
-    old = await live.chat.sessions.get(owner, old_session)
-    new = await live.chat.sessions.get(owner, str(new_session))
-    assert old.state == "expired"
-    assert (new.state, new.thread_id, new.turn_count) == ("active", thread_id, 1)
-    items = await live.chat.list_items(owner, thread_id, limit=10)
-    assert len(items.data) == 4
+    old = await server_view(context, live, f"/sessions/{old_session}")
+    new = await server_view(context, live, f"/sessions/{new_session}")
+    assert old["state"] == "expired"
+    assert (new["state"], new["thread_id"], new["turn_count"]) == ("active", thread_id, 1)
+    items = await server_view(context, live, "items.list", thread_id=thread_id, order="asc")
+    assert [i["type"] for i in items["data"]] == ["user_message", "assistant_message"] * 2
 
 
 async def test_session_settings_from_data_attributes_reach_the_session(
@@ -171,10 +170,11 @@ async def test_session_settings_from_data_attributes_reach_the_session(
     session_id = await tab.storage("session")
     thread_id = await tab.storage("thread")
     assert session_id is not None and thread_id is not None
-    session = await live.chat.sessions.get(await owner_of(live, thread_id), session_id)
-    assert session.timeout_policy == "lenient"
-    assert session.timeout_seconds == live.settings.policy_lenient_seconds
-    assert session.meta == {"timeout_policy": "lenient", "tab_strategy": "active_tab_wins"}
+    session = await server_view(context, live, f"/sessions/{session_id}")
+    assert session["timeout_policy"] == "lenient"
+    assert session["timeout_seconds"] == live.settings.policy_lenient_seconds
+    assert session["metadata"] == {"timeout_policy": "lenient", "tab_strategy": "active_tab_wins"}
+    assert session["thread_id"] == thread_id
 
 
 def _services(live: LiveServer) -> Services:

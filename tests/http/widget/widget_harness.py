@@ -143,14 +143,22 @@ async def serve_embed_page(context: BrowserContext, live: LiveServer, path: str,
     await context.route(live.url + path, fulfil)
 
 
-async def owner_of(live: LiveServer, thread_id: str) -> str:
-    """The user the browser became (anonymous, from its cookie): the thread's owner."""
-    row = await live.store.get_thread(thread_id)
-    assert row is not None, f"thread {thread_id} not stored"
-    return row.user_id
-
-
 async def same_user(context: BrowserContext, live: LiveServer) -> httpx.AsyncClient:
     """An HTTP client that is the browser's user (its identity cookie): another device."""
     cookies = {cookie["name"]: cookie["value"] for cookie in await context.cookies()}
     return httpx.AsyncClient(base_url=live.url, cookies=cookies, timeout=10)
+
+
+async def server_view(
+    context: BrowserContext, live: LiveServer, path: str, **chatkit_params: Any
+) -> Any:
+    """What the server holds, asked over HTTP as the browser's user: GET `path`, or with
+    params, the ChatKit request `path` (`items.list`, `threads.list`, ...)."""
+    async with await same_user(context, live) as client:
+        if chatkit_params:
+            body = {"type": path, "params": chatkit_params}
+            response = await client.post("/chatkit", json=body)
+        else:
+            response = await client.get(path)
+    assert response.status_code == 200, response.text
+    return response.json()
