@@ -12,6 +12,7 @@ export class Conversation {
     this.order = []; // item ids, oldest first (ids sort by creation time)
     this.seq = 0;
     this.runId = null;
+    this.sending = 0; // our requests that start a run here and have not ended yet
     this.hasOlder = false;
     this.olderCursor = null;
   }

@@ -62,7 +62,6 @@ export class ChatWidget {
     this.threadsHasMore = false;
     this.conversation = new Conversation();
     this.pending = [];
-    this.sending = 0;
     this.stopping = false;
     this.follower = null;
     this.openToken = 0;
@@ -387,7 +386,14 @@ export class ChatWidget {
 
   /** One numbered event of `conversation`'s log, from the follower or from our POST. */
   accept(conversation, seq, event, source) {
-    if (conversation !== this.conversation) return;
+    if (conversation !== this.conversation) {
+      // The user moved on while our answer was still coming: the list still learns of the
+      // thread it made (and its title).
+      if (event.type === "thread.created" || event.type === "thread.updated") {
+        this.threadChanged(event.thread);
+      }
+      return;
+    }
     if (source === "follow" ? seq <= conversation.seq : seq !== conversation.seq + 1) return;
     conversation.seq = seq;
     if (event.type === "resync") {
@@ -508,7 +514,7 @@ export class ChatWidget {
   }
 
   async stream(conversation, start, failed, accepted) {
-    this.sending++;
+    conversation.sending++;
     this.updateComposer();
     this.render();
     let response = null;
@@ -530,7 +536,7 @@ export class ChatWidget {
       // thread is new and we never learnt its id; a retry (same key) re-attaches to it.
       if (!response || !conversation.threadId) failed(error);
     } finally {
-      this.sending--;
+      conversation.sending--;
       if (conversation === this.conversation) {
         this.updateComposer();
         this.scheduleRender();
@@ -611,8 +617,9 @@ export class ChatWidget {
     const running = Boolean(this.conversation.runId);
     const rejecting = this.options.doubleTexting === "reject";
     // A new thread cannot take a second message before it exists, whatever the policy.
-    const creating = this.sending > 0 && !this.conversation.threadId;
-    const busy = rejecting && (running || this.sending > 0);
+    const { sending, threadId } = this.conversation;
+    const creating = sending > 0 && !threadId;
+    const busy = rejecting && (running || sending > 0);
     const canSend = !busy && !creating && this.connection !== "superseded";
     this.composer.setState({ canSend, running, stopping: this.stopping });
   }

@@ -122,6 +122,27 @@ async def test_stop_keeps_the_partial_answer_marked_as_stopped(
     live.chat.hold.set()
 
 
+async def test_leaving_a_new_conversation_mid_answer_keeps_it_listed_and_titled(
+    live: LiveServer, open_widget: OpenWidget
+) -> None:
+    tab: Widget = await open_widget()
+    hold_next_turn(live.chat)
+    await tab.send("left behind")
+    await paused(live.chat)
+
+    await tab.page.get_by_role("button", name="New chat").click()
+    await expect(tab.page.locator(".cs-empty")).to_be_visible()
+    # The new conversation does not wait for the other one's answer.
+    await tab.composer.fill("meanwhile")
+    await expect(tab.send_button).to_be_enabled()
+    live.chat.hold.set()
+
+    await expect(tab.threads).to_have_text(["left behind"])
+    await tab.send("meanwhile")
+    await tab.wait_answered(1)
+    await expect(tab.threads).to_have_text(["meanwhile", "left behind"])
+
+
 async def test_a_message_that_could_not_be_sent_is_sent_once_on_retry(
     live: LiveServer, open_widget: OpenWidget, context: BrowserContext
 ) -> None:
