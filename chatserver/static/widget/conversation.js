@@ -139,7 +139,7 @@ export class Conversation {
   }
 }
 
-export function isShown(item) {
+function isShown(item) {
   return (
     item.type === "user_message" ||
     item.type === "assistant_message" ||

@@ -99,7 +99,7 @@ export class Follower {
   }
 }
 
-export function backoff(failures) {
+function backoff(failures) {
   const ceiling = Math.min(MAX_DELAY_MS, FIRST_DELAY_MS * 2 ** (failures - 1));
   return Math.round(ceiling / 2 + (Math.random() * ceiling) / 2);
 }

@@ -57,8 +57,4 @@ export class Notices {
     entry.notice.remove();
     this.byKey.delete(key);
   }
-
-  has(key) {
-    return this.byKey.has(key);
-  }
 }

@@ -40,10 +40,6 @@ export class Store {
       // memory only: this tab still works
     }
   }
-
-  key(name) {
-    return this.prefix + name;
-  }
 }
 
 export class Session {
