@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from chatserver.http.chatkit import ChatKitEndpoint
 from chatserver.http.health import HealthEndpoints
@@ -10,9 +10,10 @@ from chatserver.http.openapi import OpenApiEndpoint
 from chatserver.http.services import Services
 from chatserver.http.sessions import SessionEndpoints
 from chatserver.http.threads import ThreadEndpoints
+from chatserver.http.widget import widget_routes
 
 
-def routes(services: Services) -> list[Route]:
+def routes(services: Services) -> list[BaseRoute]:
     chatkit = ChatKitEndpoint(services)
     sessions = SessionEndpoints(services)
     threads = ThreadEndpoints(services)
@@ -28,4 +29,5 @@ def routes(services: Services) -> list[Route]:
         Route("/healthz", health.live, methods=["GET"]),
         Route("/readyz", health.ready, methods=["GET"]),
         Route("/openapi.json", OpenApiEndpoint().handle, methods=["GET"]),
+        *widget_routes(),
     ]
