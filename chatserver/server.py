@@ -179,22 +179,19 @@ class ChatServer:
     async def load_thread(
         self, user_id: str, thread_id: str, *, item_limit: int
     ) -> tuple[Thread, int]:
-        """The thread with its items, and the seq this snapshot reflects: following the
-        thread's events after it misses nothing and replays nothing the items already hold.
-
-        Items hold what is done, not the deltas of an answer in progress; so while a run
-        holds the thread, the snapshot's seq is the run's start, and the follower replays
-        that run's events (item upserts are idempotent by id)."""
-        seq = await self.store.max_seq(thread_id)
-        # Read after the seq: a run that holds the thread now either started after `seq`
-        # (all its events follow) or lowers the seq to its start.
-        row = await self.get_thread(user_id, thread_id)
-        if row.active_run_id is not None:
-            run = await self.store.get_run(row.active_run_id)
-            if run is not None:
-                seq = min(seq, run.start_seq)
-        items = await self.list_items(user_id, thread_id, limit=item_limit, order="asc")
-        return Thread(**thread_metadata(row).model_dump(), items=items), seq
+        """The thread with its oldest `item_limit` items, and the seq this snapshot reflects:
+        following the thread's events after it misses nothing and repeats nothing the items
+        hold (while a run holds the thread, its start: its events replay, and item events
+        are upserts by id)."""
+        snapshot = await self.store.thread_snapshot(thread_id, item_limit)
+        if snapshot is None or snapshot.thread.user_id != user_id:
+            raise NotFound(f"thread {thread_id} not found", ErrorCode.THREAD_NOT_FOUND)
+        items = Page[ThreadItem](
+            data=[parse_thread_item(r.data) for r in snapshot.items],
+            has_more=snapshot.has_more,
+            after=snapshot.items[-1].id if snapshot.items and snapshot.has_more else None,
+        )
+        return Thread(**thread_metadata(snapshot.thread).model_dump(), items=items), snapshot.seq
 
     async def update_thread(self, user_id: str, thread_id: str, *, title: str) -> ThreadRow:
         await self.get_thread(user_id, thread_id)

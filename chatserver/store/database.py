@@ -135,6 +135,17 @@ class Database:
             async with self._reader.connect() as conn:
                 yield conn
 
+    @asynccontextmanager
+    async def snapshot(self) -> AsyncIterator[AsyncConnection]:
+        """A read transaction whose statements all see one committed state of the database
+        (SQLite: a WAL read transaction; PostgreSQL: REPEATABLE READ)."""
+        with _unavailable_when_unreachable():
+            async with self._reader.connect() as conn:
+                if self.backend == "postgresql":
+                    await conn.execution_options(isolation_level="REPEATABLE READ")
+                async with conn.begin():
+                    yield conn
+
     async def _get(self, table: sa.Table, model: type[Model], key: str) -> Model | None:
         async with self.read() as conn:
             found = (await conn.execute(sa.select(table).where(table.c.id == key))).first()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
@@ -12,11 +13,53 @@ from chatserver.errors import Conflict
 from chatserver.statuses import ThreadStatus
 from chatserver.store import models
 from chatserver.store.database import Database, Model, as_row, whole
-from chatserver.store.models import ThreadRow
+from chatserver.store.models import ItemRow, ThreadRow
 from chatserver.store.values import Order
 
 
+@dataclass(frozen=True, slots=True)
+class ThreadSnapshot:
+    thread: ThreadRow
+    # The oldest `limit` items, and whether there are more.
+    items: list[ItemRow]
+    has_more: bool
+    # Following the thread's events after this seq misses nothing and repeats nothing the
+    # items hold: the last event, or while a run holds the thread, the run's start (items
+    # hold what is done, not the deltas of an answer in progress).
+    seq: int
+
+
 class ThreadStore(Database):
+    async def thread_snapshot(self, thread_id: str, item_limit: int) -> ThreadSnapshot | None:
+        """The thread, its items and the seq they reflect, read in one consistent state:
+        items are written in the transaction of the events about them."""
+        t, r, i, e = models.threads, models.runs, models.items, models.events
+        async with self.snapshot() as conn:
+            found = (await conn.execute(sa.select(t).where(t.c.id == thread_id))).first()
+            if found is None:
+                return None
+            thread = as_row(ThreadRow, found)
+            seq = await conn.scalar(
+                sa.select(sa.func.max(e.c.seq)).where(e.c.thread_id == thread_id)
+            )
+            seq = int(seq or 0)
+            if thread.active_run_id is not None:
+                start = await conn.scalar(
+                    sa.select(r.c.start_seq).where(r.c.id == thread.active_run_id)
+                )
+                if start is not None:
+                    seq = min(seq, int(start))
+            rows = [
+                as_row(ItemRow, row)
+                for row in await conn.execute(
+                    sa.select(i)
+                    .where(i.c.thread_id == thread_id)
+                    .order_by(i.c.id)
+                    .limit(item_limit + 1)
+                )
+            ]
+        return ThreadSnapshot(thread, rows[:item_limit], len(rows) > item_limit, seq)
+
     @whole
     async def insert_thread(self, row: ThreadRow) -> None:
         async with self.write(row.id) as conn:

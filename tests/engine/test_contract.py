@@ -393,3 +393,54 @@ async def test_reject_holds_across_two_store_objects(
         await first.close(grace_seconds=1)
         await second.close(grace_seconds=1)
         await other_store.close()
+
+
+# -- snapshots -------------------------------------------------------------------------------
+
+
+async def test_a_thread_snapshot_never_precedes_deltas_of_items_it_holds_as_done(
+    server: PluggableServer,
+) -> None:
+    """Read while turns run and end: following the events after a snapshot's seq must never
+    bring deltas for an item the snapshot already holds as done (a client would apply them
+    twice), nor skip deltas of one it holds in progress."""
+
+    async def many_words(
+        thread: ThreadMetadata, input: UserMessageItem | None, context: RequestContext
+    ) -> AsyncIterator[ChatKitEvent]:
+        async def words() -> AsyncIterator[str]:
+            for n in range(40):
+                await asyncio.sleep(0)
+                yield f"w{n} "
+
+        async for event in stream_assistant_message(
+            thread.id, words(), created_at=context.clock.now()
+        ):
+            yield event
+
+    server.answer = many_words
+    ctx = await new_context(server)
+    first = await server.create_thread_and_start_turn(ctx, user_input("go"))
+    thread_id = first.thread_id
+
+    async def turns() -> None:
+        await collect(server, first)
+        for n in range(6):
+            await collect(server, await server.start_turn(ctx, thread_id, user_input(f"{n}")))
+
+    driving = asyncio.create_task(turns())
+    checked = 0
+    while not driving.done():
+        thread, seq = await server.load_thread("alice", thread_id, item_limit=1000)
+        done = {
+            item.id
+            for item in thread.items.data
+            if getattr(item, "status", "completed") != "in_progress"
+        }
+        later = await server.store.read_events(thread_id, seq, 100_000)
+        for event in later:
+            if event.type == "thread.item.updated":
+                assert json.loads(event.data)["item_id"] not in done, (seq, event.seq)
+        checked += 1
+    await driving
+    assert checked > 10
