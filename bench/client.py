@@ -68,6 +68,10 @@ class Connection:
         headers: dict[str, str] | None = None,
     ) -> Response:
         """Send one request; a `text/event-stream` answer is read to its end as events."""
+        if self._reader is not None and self._reader.at_eof():
+            # The server closed the idle keep-alive connection (uvicorn does after 5 s):
+            # as any HTTP client, open a new one rather than write into a closed one.
+            await self.close()
         if self._writer is None:
             self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
         reader, writer = self._reader, self._writer

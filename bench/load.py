@@ -77,6 +77,9 @@ class LoadSpec:
     server_pid: int
     first_user: int = 0
     turn_timeout: float = 60.0
+    # Client i starts its first turn ramp x i / clients seconds after the start: 0 sends
+    # every first turn at once (a burst), a turn's length spreads them (a steady state).
+    ramp_seconds: float = 0.0
 
 
 @dataclass
@@ -128,6 +131,8 @@ class _Client:
         finally:
             self.connected.set()
         await start.wait()
+        if self.spec.ramp_seconds:
+            await asyncio.sleep(self.spec.ramp_seconds * self.index / self.spec.clients)
         try:
             for turn in range(self.spec.turns):
                 record = TurnRecord(self.index, turn)

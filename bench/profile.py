@@ -165,8 +165,25 @@ def task(frames: list[Frame]) -> str:
     return "(event loop internals)" if root is None else _name(root)
 
 
+# What the coroutines at the root of the samples are, in the servers the bench runs.
+_TASKS = {
+    "TaskHandle._run_coro": "anyio task group: a streaming response's body and sends",
+    "RequestResponseCycle.run_asgi": "an HTTP request's task: routing, handler, inline bodies",
+    "HttpToolsProtocol.data_received": "uvicorn: parsing requests",
+    "ChatServer._run_turn": "the turn task: setup, respond(), recording events",
+    "OpenStream._pump": "our SSE pump: subscription to the stream's queue",
+    "ThreadWriter._run": "the group-commit writer task",
+}
+
+
 def _name(frame: Frame) -> str:
-    return f"{frame.func} ({frame.file})"
+    where = f"{frame.func} ({frame.file})"
+    if frame.func in _TASKS:
+        return f"{_TASKS[frame.func]} [{where}]"
+    if frame.func.startswith("Store.") and "chatserver/store/" in frame.file:
+        # Store writes run as tasks of their own so a cancelled caller cannot cut them.
+        return f"a store write transaction [{where}]"
+    return where
 
 
 @dataclass

@@ -38,6 +38,8 @@ class Row:
     first_event_p99: float | None
     first_delta_p50: float | None
     first_delta_p99: float | None
+    # turns/s of each round: their spread shows how steady the machine was.
+    round_turns_per_s: list[float]
 
     @property
     def turns_per_s(self) -> float:
@@ -86,6 +88,7 @@ def pool(server: str, loads: Sequence[dict[str, Any]]) -> Row:
         first_event_p99=percentile(first_event, 99),
         first_delta_p50=percentile(first_delta, 50),
         first_delta_p99=percentile(first_delta, 99),
+        round_turns_per_s=[load["turns_ok"] / load["wall_seconds"] for load in loads],
     )
 
 
@@ -184,6 +187,7 @@ def throughput_table(rows: Sequence[Row]) -> str:
         f"{'server':<16}{'turns/s':>9}{'x ref':>7}{'events/s':>10}{'x ref':>7}"
         f"{'1st ev p50 ms':>14}{'x ref':>7}{'p99 ms':>9}{'x ref':>7}"
         f"{'CPU us/ev':>10}{'x ref':>7}{'1st delta p50':>14}{'errors':>7}{'client':>7}"
+        f"{'rounds turns/s':>17}"
     )
     for clients in sorted({r.clients for r in rows}):
         block = [r for r in rows if r.clients == clients]
@@ -200,6 +204,7 @@ def throughput_table(rows: Sequence[Row]) -> str:
                 f"{_ms(r.first_event_p99):>9}{_ratio(r, ref, 'first_event_p99'):>7}"
                 f"{r.cpu_us_per_event:>10.1f}{_ratio(r, ref, 'cpu_us_per_event'):>7}"
                 f"{_ms(r.first_delta_p50):>14}{r.errors:>7}{r.client_busy:>7.0%}"
+                f"{'  ' + ' '.join(f'{t:.0f}' for t in r.round_turns_per_s):<17}"
             )
     return "\n".join(lines)
 
@@ -227,7 +232,7 @@ def cost_table(rows: Sequence[CostRow], words: Sequence[int]) -> str:
     return "\n".join(lines)
 
 
-def pace_table(rows: Sequence[PaceRow], delay: float, words: int) -> str:
+def pace_table(rows: Sequence[PaceRow], delay: float, words: int, ramp: float) -> str:
     if not rows:
         return ""
     first = rows[0]
@@ -238,7 +243,9 @@ def pace_table(rows: Sequence[PaceRow], delay: float, words: int) -> str:
     )
     lines = [
         f"\nmodel's pace: {first.clients} clients x {first.turns} turns x {words} deltas, "
-        f"{delay * 1000:.0f} ms between deltas (all times ms)",
+        f"{delay * 1000:.0f} ms between deltas, "
+        + (f"first turns spread over {ramp:g} s" if ramp else "all clients starting at once")
+        + " (all times ms)",
         header,
         "-" * len(header),
     ]

@@ -1,6 +1,6 @@
 """End-to-end benchmark: our server against an `openai-chatkit` reference and a bare echo.
 
-    python -m bench                  # everything, ~6 min on 2 cores
+    python -m bench                  # everything, ~8 min on 2 cores
     python -m bench --quick          # a 1-2 minute smoke of the same
     python -m bench --profile DIR    # + py-spy of our server under the 16-client load
 
@@ -186,6 +186,7 @@ def run_load(
     *,
     first_user: int = 0,
     turn_timeout: float = 60.0,
+    ramp_seconds: float = 0.0,
 ) -> dict[str, Any]:
     spec = {
         "host": "127.0.0.1",
@@ -197,12 +198,13 @@ def run_load(
         "server_pid": server.pid,
         "first_user": first_user,
         "turn_timeout": turn_timeout,
+        "ramp_seconds": ramp_seconds,
     }
     done = subprocess.run(
         [sys.executable, "-m", "bench.load", json.dumps(spec)],
         cwd=ROOT,
         capture_output=True,
-        timeout=turns * turn_timeout + 60,
+        timeout=turns * turn_timeout + ramp_seconds + 60,
         check=False,
     )
     if done.returncode != 0:
@@ -309,6 +311,7 @@ class Plan:
     pace_turns: int
     pace_words: int
     pace_delay: float
+    pace_ramp: float
     profile: Path | None
     profile_rate: int
     # Words per turn of the cost model's short and long turns; () skips it.
@@ -329,7 +332,7 @@ def plan(args: argparse.Namespace) -> Plan:
         turns, words, rounds, warmup = dict(QUICK_TURNS), args.words, 1, 2
         pace, cost = (100, 2, 40), (20, 400)
     else:
-        turns, words, rounds, warmup = dict(FULL_TURNS), args.words, 2, 3
+        turns, words, rounds, warmup = dict(FULL_TURNS), args.words, 3, 3
         pace, cost = (100, 5, args.words), (20, 400)
     if args.clients:
         wanted = [int(c) for c in args.clients.split(",")]
@@ -353,6 +356,7 @@ def plan(args: argparse.Namespace) -> Plan:
         pace_turns=args.pace_turns or pace[1],
         pace_words=args.pace_words or pace[2],
         pace_delay=args.pace_delay,
+        pace_ramp=args.pace_ramp,
         profile=args.profile,
         profile_rate=args.profile_rate,
         cost_words=() if args.no_cost else cost,
@@ -363,13 +367,14 @@ def _note(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def throughput(p: Plan, running: dict[str, Server]) -> list[report.Row]:
+def throughput(p: Plan, running: dict[str, Server], speed: list[float]) -> list[report.Row]:
     for server in running.values():
         # Warm-up: connections, statement caches, the first pages of every table.
         run_load(server, 2, p.warmup_turns, p.words)
     loads: dict[tuple[str, int], list[dict[str, Any]]] = {}
     order = list(running)
     for round_ in range(p.rounds):
+        speed.append(machine_check())
         # A different server goes first each round, so a drift of the machine's speed
         # does not always hit the same one.
         shift = round_ % len(order)
@@ -453,6 +458,7 @@ def pace(p: Plan, urls: dict[str, str], logs: Path) -> list[report.PaceRow]:
                     p.pace_turns,
                     p.pace_words,
                     turn_timeout=60 + p.pace_words * p.pace_delay * 4,
+                    ramp_seconds=p.pace_ramp,
                 )
             p.loads.append({"server": name, "pace": True, **load, "probe": probes[0]})
             rows.append(report.pace_row(name, load, probes[0]))
@@ -508,13 +514,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--clients", help="client counts, e.g. 1,16,64")
     parser.add_argument("--turns", type=int, help="turns per client (every client count)")
     parser.add_argument("--words", type=int, default=200, help="deltas per turn")
-    parser.add_argument("--rounds", type=int, help="rounds of every scenario (default 2)")
+    parser.add_argument("--rounds", type=int, help="rounds of every scenario (default 3)")
     parser.add_argument("--no-pace", action="store_true", help="skip the model's pace")
     parser.add_argument("--no-cost", action="store_true", help="skip the cost model")
     parser.add_argument("--pace-clients", type=int)
     parser.add_argument("--pace-turns", type=int)
     parser.add_argument("--pace-words", type=int)
     parser.add_argument("--pace-delay", type=float, default=0.05, help="seconds between deltas")
+    parser.add_argument(
+        "--pace-ramp",
+        type=float,
+        default=0.0,
+        help="spread the clients' first turns over this many seconds (default 0: at once)",
+    )
     parser.add_argument("--profile", type=Path, help="py-spy our servers into this folder")
     parser.add_argument("--profile-rate", type=int, default=250, help="py-spy samples/s")
     parser.add_argument("--postgres-url", default=DEFAULT_POSTGRES_URL)
@@ -539,7 +551,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             urls["ours-postgresql"] = stack.enter_context(postgres_database(args.postgres_url))
         _note(f"servers: {', '.join(p.servers)}; logs in {tmp}")
         with servers(p.servers, urls, 0.0, p.users, tmp) as running:
-            rows = throughput(p, running)
+            rows = throughput(p, running, speed)
             costs = cost_model(p, running) if p.cost_words else []
             profiles = profile(p, running) if p.profile else []
         pace_rows = pace(p, urls, tmp) if p.pace_servers else []
@@ -548,12 +560,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     print(report.throughput_table(rows))
     print(report.cost_table(costs, p.cost_words))
-    print(report.pace_table(pace_rows, p.pace_delay, p.pace_words))
+    print(report.pace_table(pace_rows, p.pace_delay, p.pace_words, p.pace_ramp))
     print("\nissue 12 targets")
     print(report.targets_table(checks))
     print(
         f"\nmachine: {os.cpu_count()} cpus, load average {load_before[0]:.2f} before, "
-        f"{os.getloadavg()[0]:.2f} after; machine check "
+        f"{os.getloadavg()[0]:.2f} after; machine check (before, each round, after) "
         + " -> ".join(f"{s * 1000:.0f} ms" for s in speed)
         + f"; {time.monotonic() - started:.0f} s in all"
     )
@@ -575,6 +587,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "pace_turns": p.pace_turns,
                     "pace_words": p.pace_words,
                     "pace_delay": p.pace_delay,
+                    "pace_ramp": p.pace_ramp,
                     "cost_words": p.cost_words,
                 },
                 "environment": environment(),
