@@ -258,7 +258,7 @@ _TICKS = os.sysconf("SC_CLK_TCK")
 @contextmanager
 def py_spy(server: Server, path: Path, rate: int) -> Iterator[dict[str, float]]:
     """py-spy record of `server` while the block runs: raw collapsed stacks (speedscope and
-    `python -m bench.profile` read them) of the samples that hold the GIL, C frames included.
+    `python -m bench.hotspots` read them) of the samples that hold the GIL, C frames included.
     Yields a dict that gets each thread's CPU seconds during the block."""
     binary = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     if not Path(binary).exists():
@@ -396,7 +396,7 @@ def throughput(p: Plan, running: dict[str, Server], speed: list[float]) -> list[
 def profile(p: Plan, running: dict[str, Server]) -> list[dict[str, Any]]:
     """The 16-client load again (or the largest below it) under py-spy: our servers, and
     the reference to compare with."""
-    from bench import profile as spy
+    from bench import hotspots
 
     assert p.profile is not None
     p.profile.mkdir(parents=True, exist_ok=True)
@@ -411,8 +411,8 @@ def profile(p: Plan, running: dict[str, Server]) -> list[dict[str, Any]]:
         main = threads.get(f"{running[name].pid} python", 0.0)
         us_per_event = load["server_cpu_seconds"] / load["events"] * 1e6 if load["events"] else 0
         with path.open() as lines:
-            breakdown = spy.analyze(lines)
-        text = spy.render(breakdown, us_per_event, main / total if total else None)
+            breakdown = hotspots.analyze(lines)
+        text = hotspots.render(breakdown, us_per_event, main / total if total else None)
         (path.with_suffix(".summary.txt")).write_text(text + "\n")
         profiles.append(
             {

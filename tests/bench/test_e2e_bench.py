@@ -58,3 +58,21 @@ def test_the_smoke_run_drives_every_server_and_checks_every_transcript(
         assert row["errors"] == 0 and row["probe_errors"] == [], row
         assert row["get_by_id_p99"] is not None and row["readyz_p99"] is not None, row
     assert "x ref" in done.stdout and "issue 12 targets" in done.stdout
+
+
+@pytest.mark.slow
+def test_the_statement_count_reports_a_turns_transactions() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.statements", "--turns", "2", "--words", "5"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=100,
+        check=False,
+    )
+
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = done.stdout.splitlines()[0]
+    assert "write transactions" in summary and "aiosqlite hand-offs" in summary, summary
+    statements = float(summary.split(": ", 1)[1].split(" statements")[0])
+    assert statements > 0, summary

@@ -1,6 +1,6 @@
 """Where a server's CPU goes: py-spy's raw stacks summed by area and by task.
 
-    python -m bench.profile PROFILE.txt [--us-per-event 110 --main-share 0.8]
+    python -m bench.hotspots PROFILE.txt [--us-per-event 110 --main-share 0.8]
 
 Reads what `python -m bench --profile DIR` records (`py-spy record --gil --native --format
 raw`: only samples that hold the GIL, so idle waits are not counted, with C frames, so the
