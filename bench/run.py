@@ -1,6 +1,6 @@
 """End-to-end benchmark: our server against an `openai-chatkit` reference and a bare echo.
 
-    python -m bench                  # everything, ~8 min on 2 cores
+    python -m bench                  # everything, ~7 min on 2 cores
     python -m bench --quick          # a 1-2 minute smoke of the same
     python -m bench --profile DIR    # + py-spy of our server under the 16-client load
 
@@ -408,7 +408,8 @@ def profile(p: Plan, running: dict[str, Server]) -> list[dict[str, Any]]:
             load = run_load(running[name], clients, p.turns[clients], p.words)
         p.loads.append({"server": name, "profiled": True, **load})
         total = sum(threads.values())
-        main = threads.get(f"{running[name].pid} python", 0.0)
+        # The main thread's id is the process id.
+        main = sum(v for t, v in threads.items() if t.split(" ", 1)[0] == str(running[name].pid))
         us_per_event = load["server_cpu_seconds"] / load["events"] * 1e6 if load["events"] else 0
         with path.open() as lines:
             breakdown = hotspots.analyze(lines)
@@ -432,7 +433,7 @@ def profile(p: Plan, running: dict[str, Server]) -> list[dict[str, Any]]:
 
 def cost_model(p: Plan, running: dict[str, Server]) -> list[report.CostRow]:
     """CPU per turn = fixed + marginal x events: the same clients with short and long turns.
-    What a turn costs before its first delta, and what each event adds, apart."""
+    What a turn costs whatever its length, and what each event adds, apart."""
     clients = max((c for c in p.turns if c <= 16), default=min(p.turns))
     turns = p.turns[clients]
     rows = []
