@@ -9,19 +9,12 @@ per `cache_seconds`, however often Prometheus scrapes.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    exposition,
-    generate_latest,
-)
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import choose_encoder
 
 from chatserver.errors import ChatServerError
 from chatserver.events import Broker, Subscription
@@ -31,7 +24,6 @@ from chatserver.statuses import SessionState
 from chatserver.store import StoredEvent
 from chatserver.store.analytics import SessionStats
 
-CONTENT_TYPE = exposition.CONTENT_TYPE_LATEST
 # A path no route matched: one label value, so scanners cannot blow up the series count.
 UNMATCHED_ROUTE = "unmatched"
 
@@ -45,8 +37,8 @@ class Metrics:
         cache_seconds: float = 5.0,
     ) -> None:
         self._server = server
-        self._cache_seconds = cache_seconds
-        self._sessions_read_at: float | None = None
+        self._cache = timedelta(seconds=cache_seconds)
+        self._sessions_read_at: datetime | None = None
         self.registry = CollectorRegistry(auto_describe=True)
         registry = self.registry
         self.requests = Counter(
@@ -123,16 +115,19 @@ class Metrics:
         self.requests.labels(route, method, str(status)).inc()
         self.latency.labels(route, method).observe(seconds)
 
-    async def exposition(self) -> bytes:
-        """The text a scrape gets, the session gauges at most `cache_seconds` old."""
-        now = time.monotonic()
-        if self._sessions_read_at is None or now - self._sessions_read_at >= self._cache_seconds:
-            gauges = await self._server.store.session_gauges(self._server.clock.now())
+    async def exposition(self, accept: str | None) -> tuple[bytes, str]:
+        """What a scrape gets and its content type (the format its Accept header prefers:
+        Prometheus text 0.0.4 by default, OpenMetrics on request); the session gauges are
+        at most `cache_seconds` old (by the server's clock)."""
+        now = self._server.clock.now()
+        if self._sessions_read_at is None or now - self._sessions_read_at >= self._cache:
+            gauges = await self._server.store.session_gauges(now)
             for state in SessionState:
                 self.sessions.labels(state.value).set(gauges.by_state.get(state.value, 0))
             self.sessions_active.set(gauges.active_now)
             self._sessions_read_at = now
-        return generate_latest(self.registry)
+        encode, content_type = choose_encoder(accept or "")
+        return encode(self.registry), content_type
 
 
 class CountingBroker:

@@ -15,7 +15,7 @@ from chatserver.config import CUSTOM_POLICY
 from chatserver.errors import BadRequest, ErrorCode
 from chatserver.http.errors import error_response
 from chatserver.http.services import Services
-from chatserver.metrics import CONTENT_TYPE, stats_document
+from chatserver.metrics import stats_document
 
 _HOURS = (1, 24 * 31)
 _TOP = (1, 1000)
@@ -41,7 +41,8 @@ class AdminEndpoints:
     async def metrics(self, request: Request) -> Response:
         if (refused := self._refusal(request)) is not None:
             return refused
-        return Response(await self._services.metrics.exposition(), media_type=CONTENT_TYPE)
+        body, content_type = await self._services.metrics.exposition(request.headers.get("accept"))
+        return Response(body, headers={"Content-Type": content_type})
 
     def _refusal(self, request: Request) -> Response | None:
         """None if the request carries the admin token; else the answer it gets."""

@@ -116,14 +116,14 @@ def _compaction_statements() -> tuple[sa.Delete, sa.Delete]:
     """Built once: a turn compacts at its end, and building the statements cost as much as
     running them."""
     e, r = models.events, models.runs
-    thread_id = sa.bindparam("thread_id")
+    thread_id = sa.bindparam("thread_id", type_=sa.String())
     # The last event before the oldest run still open (its start_seq), if there is one.
     before_open = (
         sa.select(sa.func.min(r.c.start_seq))
         .where(r.c.thread_id == thread_id, r.c.status.in_(OPEN_RUN_STATUSES))
         .scalar_subquery()
     )
-    upto = sa.bindparam("upto")
+    upto = sa.bindparam("upto", type_=sa.BigInteger())
     superseded = sa.delete(e).where(
         e.c.thread_id == thread_id,
         e.c.seq <= upto,
