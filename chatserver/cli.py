@@ -1,4 +1,5 @@
-"""The `chatserver` command: `serve` runs the HTTP server, `migrate` applies the schema."""
+"""The `chatserver` command: `serve` runs the HTTP server, `migrate` applies the schema; the
+operator's commands (`sessions`, `cleanup`, `stats`) are in `cli_admin`."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 import sqlalchemy as sa
 from pydantic import ValidationError
 
+from chatserver import cli_admin
 from chatserver.config import Settings
 from chatserver.store import migrations
 
@@ -27,6 +29,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.command == "migrate":
         return _migrate(settings)
+    if args.command in cli_admin.COMMANDS:
+        return cli_admin.run(args, settings)
     return _serve(settings)
 
 
@@ -44,6 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="interface to bind (default: CHATSERVER_HOST, 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to bind (default: CHATSERVER_PORT, 8000)")
     serve.add_argument("--database-url", help=database_help)
+
+    cli_admin.add_commands(commands, database_help)
     return parser
 
 

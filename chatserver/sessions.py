@@ -306,6 +306,19 @@ class SessionManager:
 
         return Session.of(await self._transition(session_id, end))
 
+    async def expire(self, user_id: str, session_id: str) -> Session:
+        """End the session now as expired, as if its time were up (an operator's decision):
+        its expiry listeners run and its strategy cleans it. An ended session is returned as
+        it is."""
+        await self._get_row(user_id, session_id)
+
+        def end_now(row: SessionRow, now: datetime) -> tuple[SessionRow | None, _Outcome] | None:
+            if row.state in LIVE_SESSION_STATES:
+                row.expires_at = now
+            return self._ended(row, now)
+
+        return Session.of(await self._transition(session_id, end_now, raise_ended=False))
+
     async def expire_due(self, limit: int) -> list[Session]:
         """One batch of the reaper: expire up to `limit` live sessions whose time is up, the
         longest overdue first, never one with a turn in progress, in one set-based write

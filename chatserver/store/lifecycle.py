@@ -207,6 +207,39 @@ class LifecycleStore(Database):
             await conn.execute(sa.delete(t).where(t.c.id.in_(thread_ids)))
         return thread_ids
 
+    async def find_sessions(
+        self,
+        *,
+        limit: int,
+        session_id: str | None = None,
+        user_id: str | None = None,
+        states: Collection[str] = (),
+        policy: str | None = None,
+    ) -> list[SessionRow]:
+        """An operator's search, most recently active first."""
+        s = models.sessions
+        query = sa.select(s).order_by(s.c.last_activity_at.desc(), s.c.id).limit(limit)
+        if session_id is not None:
+            query = query.where(s.c.id == session_id)
+        if user_id is not None:
+            query = query.where(s.c.user_id == user_id)
+        if states:
+            query = query.where(s.c.state.in_(states))
+        if policy is not None:
+            query = query.where(s.c.timeout_policy == policy)
+        async with self.read() as conn:
+            return [as_row(SessionRow, row) for row in await conn.execute(query)]
+
+    async def has_open_run_in_session(self, user_id: str, session_id: str) -> bool:
+        r = models.runs
+        query = sa.select(r.c.id).where(
+            r.c.user_id == user_id,
+            r.c.session_id == session_id,
+            r.c.status.in_(OPEN_RUN_STATUSES),
+        )
+        async with self.read() as conn:
+            return (await conn.scalar(query.limit(1))) is not None
+
     @asynccontextmanager
     async def reaper_lock(self) -> AsyncIterator[bool]:
         """Whether this process may reap now: on PostgreSQL, the one holder across instances
