@@ -651,7 +651,7 @@ async def test_timestamp_comparisons_mix_offsets_correctly(store: Store) -> None
     )
 
     assert before == []
-    assert [s.row.id for s in after] == [row.id]
+    assert [s.values["id"] for s in after] == [row.id]
 
 
 async def test_session_metadata_round_trips_as_json(store: Store) -> None:
