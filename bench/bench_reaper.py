@@ -330,10 +330,14 @@ def main() -> None:
     load_after = os.getloadavg()
 
     print()
+    work = (
+        "expired, then cleaned (grace 0)"
+        if args.strategy == "deferred"
+        else "expired into a tombstone"
+    )
     print(
-        f"{args.sessions:,} due sessions per pass, strategy {args.strategy}"
-        f" (grace 0: each is expired, then cleaned), batch {args.batch_size},"
-        f" {args.clients} live clients of {args.deltas}-word turns"
+        f"{args.sessions:,} due sessions per pass, each {work}; strategy {args.strategy},"
+        f" batch {args.batch_size}, {args.clients} live clients of {args.deltas}-word turns"
     )
     for name, value in result.items():
         print(f"  {name:<26} {value}")

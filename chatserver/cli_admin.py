@@ -96,7 +96,8 @@ def add_commands(commands: Any, database_help: str) -> None:
         "run one reaper pass and say what it did",
         "Run one reaper pass: expire sessions whose time is up, clean ended sessions as their"
         " strategy says, delete threads past their retention. On PostgreSQL, if another"
-        " instance is reaping right now, nothing is done (exit 1).",
+        " instance is reaping right now, nothing is done (exit 1). The application's"
+        " on_session_* listeners do not run for what this pass does.",
     )
     cleanup.add_argument(
         "--batch-size", type=_positive, help="rows per transaction (default: the setting)"

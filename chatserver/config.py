@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DoubleTexting = Literal["queue", "reject", "interrupt"]
 CleanupStrategy = Literal["immediate", "deferred", "lazy"]
 # The policy of a session whose timeout was given in seconds rather than by name.
 CUSTOM_POLICY = "custom"
+_MIN_ADMIN_TOKEN_LENGTH = 16
 
 
 class Settings(BaseSettings):
@@ -73,6 +74,18 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = None
     shutdown_grace_seconds: float = Field(default=3.0, ge=0)
     log_level: str = "INFO"
+
+    @field_validator("admin_token", mode="before")
+    @classmethod
+    def _admin_token_is_long_or_unset(cls, value: object) -> object:
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        if value is None or value == "":
+            # `CHATSERVER_ADMIN_TOKEN=` means no admin endpoints, not an empty password.
+            return None
+        if isinstance(value, str) and len(value) < _MIN_ADMIN_TOKEN_LENGTH:
+            raise ValueError(f"admin_token must be at least {_MIN_ADMIN_TOKEN_LENGTH} characters")
+        return value
 
     @model_validator(mode="after")
     def _bounds_are_ordered(self) -> Settings:
