@@ -505,3 +505,34 @@ async def test_an_expired_session_found_by_the_reaper_answers_session_expired(
     row = await store.get_session(session_id)
     assert isinstance(row, SessionRow)
     assert (row.state, row.ended_at, row.end_reason) == ("expired", clock.now(), "expired")
+
+
+@pytest.mark.parametrize("strategy", ["immediate", "deferred", "lazy"])
+async def test_requests_and_a_reaper_racing_over_the_same_expiries_hear_each_one_once(
+    store: Store, other_store: Store, clock: ManualClock, strategy: str
+) -> None:
+    # The reaper in one process, requests naming the same due sessions in another.
+    reaper = make_reaper(store, clock, cleanup_strategy=strategy, reaper_batch_size=5)
+    requests = make_reaper(other_store, clock, cleanup_strategy=strategy).sessions
+    heard = Heard()
+    heard.listen(reaper.sessions)
+    heard.listen(requests)
+    ids = await make_due_sessions(reaper, clock, 40)
+
+    async def touch(session_id: str) -> None:
+        with pytest.raises(SessionExpired):
+            await requests.context(USER, session_id)
+
+    await asyncio.gather(reaper.run_once(), *(touch(sid) for sid in ids))
+
+    assert collections.Counter(heard.expired) == dict.fromkeys(ids, 1)
+    final = dict(zip(ids, await states(store, *ids), strict=True))
+    # Lazy cleans on an access after the expiry: the sessions the reaper expired first.
+    possible = {
+        "immediate": {"cleaned_up"},
+        "deferred": {"expired"},
+        "lazy": {"expired", "cleaned_up"},
+    }
+    assert set(final.values()) <= possible[strategy]
+    cleaned = [sid for sid, state in final.items() if state == "cleaned_up"]
+    assert collections.Counter(heard.cleaned_up_ids) == dict.fromkeys(cleaned, 1)
