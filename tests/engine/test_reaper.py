@@ -536,3 +536,40 @@ async def test_requests_and_a_reaper_racing_over_the_same_expiries_hear_each_one
     assert set(final.values()) <= possible[strategy]
     cleaned = [sid for sid, state in final.items() if state == "cleaned_up"]
     assert collections.Counter(heard.cleaned_up_ids) == dict.fromkeys(cleaned, 1)
+
+
+class ListeningServer(ScriptedServer):
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self.heard: list[tuple[str, str, str]] = []
+
+    async def on_session_expired(self, session: Session) -> None:
+        self.heard.append(("expired", session.id, session.state))
+
+    async def on_session_cleaned_up(self, session: Session) -> None:
+        self.heard.append(("cleaned_up", session.id, session.metadata["tier"]))
+
+
+async def test_a_chat_server_hears_the_expiry_and_the_cleanup_of_a_session_once(
+    store: Store, clock: ManualClock
+) -> None:
+    settings = Settings(
+        database_url=store.url, cleanup_strategy="deferred", cleanup_grace_seconds=60
+    )
+    server = ListeningServer(store, settings, clock=clock)
+    reaper = Reaper(server.sessions)
+    context = await server.sessions.context(
+        USER, None, {"timeout_policy": "aggressive", "tier": "pro"}
+    )
+    session_id = context.session.id
+
+    clock.advance(10 * MINUTE)
+    await reaper.run_once()
+    clock.advance(MINUTE)
+    await reaper.run_once()
+    await reaper.run_once()
+
+    assert server.heard == [
+        ("expired", session_id, "expired"),
+        ("cleaned_up", session_id, "pro"),
+    ]
