@@ -297,10 +297,11 @@ class SessionManager:
         return Session.of(await self._transition(current.id, apply))
 
     async def close(self, user_id: str, session_id: str) -> Session:
+        """Close the session; closing a closed one (tombstone or not) changes nothing."""
         await self._get_row(user_id, session_id)
 
         def end(row: SessionRow, now: datetime) -> tuple[SessionRow | None, _Outcome] | None:
-            if row.state == SessionState.CLOSED:
+            if _was_closed(row):
                 return None, _Outcome.OK
             ended = self._ended(row, now)
             if ended is not None:
@@ -375,9 +376,7 @@ class SessionManager:
     def _ended(self, row: SessionRow, now: datetime) -> tuple[SessionRow | None, _Outcome] | None:
         """None if the session is live; else the row to store and the outcome to raise. A
         tombstone answers as the session it was (closed or expired)."""
-        if row.state == SessionState.CLOSED or (
-            row.state == SessionState.CLEANED_UP and row.end_reason == EndReason.CLOSED
-        ):
+        if _was_closed(row):
             return None, _Outcome.CLOSED
         if row.state in (SessionState.EXPIRED, SessionState.CLEANED_UP):
             return None, _Outcome.EXPIRED
@@ -470,6 +469,12 @@ class SessionManager:
                 await listener(session)
             except Exception:
                 logger.exception("session listener failed for %s", session.id)
+
+
+def _was_closed(row: SessionRow) -> bool:
+    return row.state == SessionState.CLOSED or (
+        row.state == SessionState.CLEANED_UP and row.end_reason == EndReason.CLOSED
+    )
 
 
 def _cleaned(row: SessionRow, now: datetime) -> SessionRow:

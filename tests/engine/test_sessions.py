@@ -668,6 +668,8 @@ async def test_a_closed_session_becomes_a_tombstone_that_still_answers_session_c
     assert (await stored(store, session_id)).state == state_after_close
     assert await error_code(manager.context(USER, session_id)) == ErrorCode.SESSION_CLOSED
     assert (await stored(store, session_id)).state == state_after_next_access
+    # Closing it again changes nothing, tombstone or not.
+    assert (await manager.close(USER, session_id)).state == state_after_next_access
 
     clock.advance(HOUR)
     await manager.clean_up_ended(limit=10)
