@@ -457,12 +457,16 @@ class TurnRunner:
             return
         # The earlier turns' deltas are in their items now: the log keeps its shape and stays
         # bounded. This turn's stay until the next one ends, for clients still reading it.
-        await self.store.compact_events(
-            run.thread_id,
-            run.start_seq,
-            types=COMPACTED_EVENT_TYPES,
-            keep=self.settings.event_log_max_per_thread,
-        )
+        try:
+            await self.store.compact_events(
+                run.thread_id,
+                run.start_seq,
+                types=COMPACTED_EVENT_TYPES,
+                keep=self.settings.event_log_max_per_thread,
+            )
+        except Exception as exc:
+            # The run has ended well; the next turn's end compacts what this one could not.
+            logger.warning("event log of thread %s not compacted: %r", run.thread_id, exc)
 
 
 def thread_metadata(row: ThreadRow) -> ThreadMetadata:

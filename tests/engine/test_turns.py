@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from chatserver.clock import ManualClock
 from chatserver.config import Settings
-from chatserver.errors import ErrorCode, ThreadBusy
+from chatserver.errors import ErrorCode, ServiceUnavailable, ThreadBusy
 from chatserver.store import Store, StoredEvent
 from chatserver.store import models as tables
 from chatserver.types import TERMINAL_RUN_EVENT_TYPES, AssistantMessageItem, parse_thread_item
@@ -505,3 +505,22 @@ async def test_a_turn_longer_than_the_log_keeps_all_its_events_while_it_runs(
         assert again[1:] == events[-100:]
     finally:
         await server.close(grace_seconds=1)
+
+
+async def test_a_compaction_that_fails_leaves_the_turn_and_the_next_one_whole(
+    server: ScriptedServer, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def unreachable(*_args: object, **_kwargs: object) -> int:
+        raise ServiceUnavailable("the database is unavailable; retry shortly")
+
+    monkeypatch.setattr(server.store, "compact_events", unreachable)
+    ctx = await new_context(server)
+    first = await server.create_thread_and_start_turn(ctx, user_input("one"))
+    assert (await collect(server, first))[-1].type == "run.completed"
+    second = await server.start_turn(ctx, first.thread_id, user_input("two"))
+
+    assert (await collect(server, second))[-1].type == "run.completed"
+    assert len(await assistant_items(server, first.thread_id)) == 2
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert f"event log of thread {first.thread_id} not compacted" in " ".join(warnings)
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
