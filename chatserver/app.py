@@ -12,10 +12,13 @@ from starlette.middleware import Middleware
 from chatserver.config import Settings
 from chatserver.http.auth import Authenticator, DefaultAuthenticator
 from chatserver.http.errors import EXCEPTION_HANDLERS
+from chatserver.http.instrument import MetricsMiddleware
 from chatserver.http.middleware import ApiMiddleware
 from chatserver.http.routes import routes
 from chatserver.http.services import Services
 from chatserver.http.sse import StreamRegistry
+from chatserver.metrics import Metrics
+from chatserver.reaper import Reaper
 from chatserver.responders.echo import EchoChatServer
 from chatserver.server import ChatServer
 from chatserver.store import Store
@@ -32,19 +35,27 @@ def create_app(
     migrate: bool = False,
 ) -> Starlette:
     """Serve `server`. Its store and background tasks live as long as the app: the lifespan
-    starts them and, on shutdown, ends the open streams, lets quick turns finish (stopping the
-    rest with their partial answers kept) and closes the store.
+    starts them (the server's duties and the reaper) and, on shutdown, stops the reaper, ends
+    the open streams, lets quick turns finish (stopping the rest with their partial answers
+    kept) and closes the store.
 
     `authenticate(request) -> user_id` defaults to bearer tokens from the settings, else an
     anonymous user kept in a signed cookie. `migrate` applies the schema migrations at startup
     on SQLite (PostgreSQL, shared by instances, is migrated with `chatserver migrate`).
     """
     settings = settings or server.settings
+    streams = StreamRegistry()
+    metrics = Metrics(server, streams.__len__)
+    metrics.instrument(server)
+    reaper = Reaper(server.sessions, server.broker)
+    reaper.on_pass.append(metrics.record_pass)
     services = Services(
         server=server,
         settings=settings,
         authenticate=authenticate or DefaultAuthenticator(settings),
-        streams=StreamRegistry(),
+        streams=streams,
+        metrics=metrics,
+        reaper=reaper,
     )
 
     @asynccontextmanager
@@ -57,9 +68,11 @@ def create_app(
         except BaseException:
             await server.store.close()
             raise
+        reaper.start()
         try:
             yield
         finally:
+            await reaper.stop()
             services.streams.close_all()
             try:
                 await server.close()
@@ -68,7 +81,8 @@ def create_app(
 
     app = Starlette(
         routes=routes(services),
-        middleware=[Middleware(ApiMiddleware)],
+        # Metrics outermost: they see every response, the 500s ApiMiddleware makes included.
+        middleware=[Middleware(MetricsMiddleware, metrics=metrics), Middleware(ApiMiddleware)],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )

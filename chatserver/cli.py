@@ -1,4 +1,5 @@
-"""The `chatserver` command: `serve` runs the HTTP server, `migrate` applies the schema."""
+"""The `chatserver` command: `serve` runs the HTTP server, `migrate` applies the schema; the
+operator's commands (`sessions`, `cleanup`, `stats`) are in `cli_admin`."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any, get_args
 import sqlalchemy as sa
 from pydantic import ValidationError
 
+from chatserver import cli_admin
 from chatserver.config import ResponderChoice, Settings
 from chatserver.store import migrations
 
@@ -27,6 +29,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.command == "migrate":
         return _migrate(settings)
+    if args.command in cli_admin.COMMANDS:
+        return cli_admin.run(args, settings)
     return _serve(settings)
 
 
@@ -50,6 +54,8 @@ def _parser() -> argparse.ArgumentParser:
         help="what answers: echo, openai, or auto (default: CHATSERVER_RESPONDER, auto: openai "
         "when an API key or base URL is configured, else echo)",
     )
+
+    cli_admin.add_commands(commands, database_help)
     return parser
 
 

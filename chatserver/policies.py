@@ -6,13 +6,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from chatserver.config import Settings
+from chatserver.config import CUSTOM_POLICY, Settings
 from chatserver.errors import BadRequest, ErrorCode
 
 # Returns seconds for metadata it has a rule for, None to fall back to the standard rules.
 TimeoutResolver = Callable[[Mapping[str, Any]], int | None]
-
-CUSTOM_POLICY = "custom"
 
 
 @dataclass(frozen=True, slots=True)

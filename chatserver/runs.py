@@ -85,6 +85,11 @@ class Runs:
         self._idempotency_locks = KeyedLock()
         self._duties: list[asyncio.Task[None]] = []
 
+    @property
+    def running(self) -> int:
+        """Turns of this process running now (not those queued behind them)."""
+        return sum(1 for local in self._local.values() if local.started)
+
     # -- accepting -------------------------------------------------------------------------
 
     async def accept(

@@ -67,6 +67,7 @@ class ChatServer:
         )
         self.sessions.on_session_closed.append(self.on_session_closed)
         self.sessions.on_session_expired.append(self.on_session_expired)
+        self.sessions.on_session_cleaned_up.append(self.on_session_cleaned_up)
         runner = TurnRunner(
             store,
             self.events,
@@ -103,6 +104,11 @@ class ChatServer:
 
     async def on_session_expired(self, session: Session) -> None:
         """Runs once when a session expires."""
+
+    async def on_session_cleaned_up(self, session: Session) -> None:
+        """Runs once when a session becomes a tombstone (its metadata and thread removed, as
+        its cleanup strategy says); `session` is as it was just before, so the application
+        can release what it keeps for it."""
 
     # -- lifecycle -------------------------------------------------------------------------
 

@@ -15,6 +15,15 @@ class SessionState(StrEnum):
 
 
 LIVE_SESSION_STATES = frozenset({SessionState.CREATED, SessionState.ACTIVE, SessionState.RESUMED})
+# Ended, data still there: the cleanup strategy decides when they become tombstones.
+ENDED_SESSION_STATES = frozenset({SessionState.EXPIRED, SessionState.CLOSED})
+
+
+class EndReason(StrEnum):
+    """Why a session ended; its tombstone keeps it."""
+
+    EXPIRED = "expired"
+    CLOSED = "closed"
 
 
 class ThreadStatus(StrEnum):

@@ -64,6 +64,10 @@ from chatserver.types import (
 
 logger = logging.getLogger(__name__)
 
+# What the log of a finished turn no longer needs: each item's `thread.item.done` carries in
+# full what its `thread.item.updated` deltas built (a replay over the gap shows the same items).
+COMPACTED_EVENT_TYPES = frozenset({"thread.item.updated"})
+
 Responder = Callable[[ThreadMetadata, UserMessageItem | None, RequestContext], AsyncIterator[Any]]
 
 
@@ -466,8 +470,18 @@ class TurnRunner:
         await writer.close_quietly()
         if writer.failed:
             return
-        if writer.next_seq - 1 > self.settings.event_log_max_per_thread:
-            await self.store.trim_events(run.thread_id, self.settings.event_log_max_per_thread)
+        # The earlier turns' deltas are in their items now: the log keeps its shape and stays
+        # bounded. This turn's stay until the next one ends, for clients still reading it.
+        try:
+            await self.store.compact_events(
+                run.thread_id,
+                run.start_seq,
+                types=COMPACTED_EVENT_TYPES,
+                keep=self.settings.event_log_max_per_thread,
+            )
+        except Exception as exc:
+            # The run has ended well; the next turn's end compacts what this one could not.
+            logger.warning("event log of thread %s not compacted: %r", run.thread_id, exc)
 
 
 def thread_metadata(row: ThreadRow) -> ThreadMetadata:

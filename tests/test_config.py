@@ -106,3 +106,13 @@ def test_env_example_lists_every_setting_with_its_default() -> None:
         # `NAME=` stands for unset (None), which the settings read the same way.
         expected = "" if default is None else str(default)
         assert text == expected, name
+
+
+@pytest.mark.parametrize("token", ["", None])
+def test_an_empty_admin_token_means_no_admin_endpoints(token: str | None) -> None:
+    assert Settings(_env_file=None, admin_token=token).admin_token is None  # type: ignore[call-arg]
+
+
+def test_a_short_admin_token_is_refused() -> None:
+    with pytest.raises(ValidationError, match="at least 16 characters"):
+        Settings(_env_file=None, admin_token="guessable")  # type: ignore[call-arg]

@@ -8,7 +8,14 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from chatserver.http.sessions import SESSION_HEADER, SessionCreate, SessionPatch, SessionPublic
+from chatserver.http.sessions import (
+    SESSION_HEADER,
+    TAB_HEADER,
+    TAB_SESSION_HEADER,
+    SessionCreate,
+    SessionPatch,
+    SessionPublic,
+)
 
 _REF = "#/components/schemas/{model}"
 
@@ -48,10 +55,15 @@ _EVENTS = {
         {"name": "Last-Event-ID", "in": "header", "schema": {"type": "integer", "minimum": 0}},
         {"name": "session_id", "in": "query", "schema": {"type": "string"}},
         {"name": SESSION_HEADER, "in": "header", "schema": {"type": "string"}},
+        {"name": "tab_id", "in": "query", "schema": {"type": "string"}},
+        {"name": TAB_HEADER, "in": "header", "schema": {"type": "string"}},
     ],
     "responses": {
         "200": {
-            "description": "Server-sent events; `id:` is the event's seq",
+            "description": (
+                f"Server-sent events; `id:` is the event's seq. Under `per_tab`, the tab's own "
+                f"session is named in `{TAB_SESSION_HEADER}`"
+            ),
             "content": {"text/event-stream": {"schema": {"type": "string"}}},
         },
         **_errors(400, 401, 404, 503),
@@ -109,6 +121,45 @@ def build_schema() -> dict[str, Any]:
                     },
                 }
             },
+            "/stats": {
+                "get": {
+                    "summary": "Session analytics from the database (admin token)",
+                    "security": [{"adminToken": []}],
+                    "parameters": [
+                        {
+                            "name": "hours",
+                            "in": "query",
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 744},
+                        },
+                        {
+                            "name": "top",
+                            "in": "query",
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+                        },
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "sessions by state and policy, durations, top "
+                            "users, expiries and cleanups per hour",
+                            "content": _json_content({"type": "object"}),
+                        },
+                        **_errors(400, 401, 404),
+                    },
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics of this process (admin token)",
+                    "security": [{"adminToken": []}],
+                    "responses": {
+                        "200": {
+                            "description": "Prometheus text format (OpenMetrics if asked)",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        },
+                        **_errors(401, 404),
+                    },
+                }
+            },
             "/healthz": {
                 "get": {
                     "summary": "The process is up",
@@ -126,6 +177,7 @@ def build_schema() -> dict[str, Any]:
             },
         },
         "components": {
+            "securitySchemes": {"adminToken": {"type": "http", "scheme": "bearer"}},
             "schemas": {
                 "Session": _schema(SessionPublic),
                 "SessionCreate": _schema(SessionCreate),
@@ -144,7 +196,7 @@ def build_schema() -> dict[str, Any]:
                         }
                     },
                 },
-            }
+            },
         },
     }
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from starlette.routing import BaseRoute, Route
 
+from chatserver.http.admin import AdminEndpoints
 from chatserver.http.chatkit import ChatKitEndpoint
 from chatserver.http.health import HealthEndpoints
 from chatserver.http.openapi import OpenApiEndpoint
@@ -18,6 +19,7 @@ def routes(services: Services) -> list[BaseRoute]:
     sessions = SessionEndpoints(services)
     threads = ThreadEndpoints(services)
     health = HealthEndpoints(services)
+    admin = AdminEndpoints(services)
     return [
         Route("/chatkit", chatkit.handle, methods=["POST"]),
         Route("/threads/{thread_id}/events", threads.events, methods=["GET"]),
@@ -28,6 +30,8 @@ def routes(services: Services) -> list[BaseRoute]:
         Route("/sessions/{session_id}", sessions.close, methods=["DELETE"]),
         Route("/healthz", health.live, methods=["GET"]),
         Route("/readyz", health.ready, methods=["GET"]),
+        Route("/stats", admin.stats, methods=["GET"]),
+        Route("/metrics", admin.metrics, methods=["GET"]),
         Route("/openapi.json", OpenApiEndpoint().handle, methods=["GET"]),
         *widget_routes(),
     ]

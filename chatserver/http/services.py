@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from chatserver.config import Settings
 from chatserver.http.auth import Authenticator
 from chatserver.http.sse import StreamRegistry
+from chatserver.metrics import Metrics
+from chatserver.reaper import Reaper
 from chatserver.server import ChatServer
 
 
@@ -16,3 +18,5 @@ class Services:
     settings: Settings
     authenticate: Authenticator
     streams: StreamRegistry
+    metrics: Metrics
+    reaper: Reaper

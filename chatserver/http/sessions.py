@@ -1,26 +1,27 @@
 """`/sessions`: create, inspect, update and close sessions; and how a request names its session
-(`X-Session-Id`, or `?session_id=` where EventSource cannot set headers)."""
+(`X-Session-Id`, or `?session_id=` where EventSource cannot set headers) and its tab
+(`X-Tab-Id` / `?tab_id=`, which matters under `tab_strategy=per_tab`: see chatserver/tabs.py)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any, Literal, cast, get_args
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import Response
 
-from chatserver.errors import BadRequest
 from chatserver.http.bodies import parse_body, read_body
 from chatserver.http.middleware import add_response_header
 from chatserver.http.services import Services
 from chatserver.sessions import RequestContext, Session
+from chatserver.tabs import check_tab_id, check_tab_strategy, tab_context
 
 SESSION_HEADER = "X-Session-Id"
-
-TabStrategy = Literal["shared", "per_tab", "active_tab_wins"]
-TAB_STRATEGIES: tuple[str, ...] = get_args(TabStrategy)
+TAB_HEADER = "X-Tab-Id"
+# Under `per_tab`, the tab's own session (the client keeps naming the one it chose).
+TAB_SESSION_HEADER = "X-Tab-Session-Id"
 
 
 class SessionPublic(BaseModel):
@@ -65,16 +66,18 @@ class SessionPatch(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 
-def tab_strategy(session: Session) -> TabStrategy:
-    value = session.metadata.get("tab_strategy")
-    return cast(TabStrategy, value) if value in TAB_STRATEGIES else "shared"
-
-
 def requested_session_id(request: Request, *, allow_query: bool = False) -> str | None:
     session_id = request.headers.get(SESSION_HEADER)
     if session_id is None and allow_query:
         session_id = request.query_params.get("session_id")
     return session_id
+
+
+def requested_tab_id(request: Request, *, allow_query: bool = False) -> str | None:
+    tab_id = request.headers.get(TAB_HEADER)
+    if tab_id is None and allow_query:
+        tab_id = request.query_params.get("tab_id")
+    return None if tab_id is None else check_tab_id(tab_id)
 
 
 async def session_context(
@@ -84,22 +87,23 @@ async def session_context(
     session_id: str | None,
     *,
     request_metadata: Mapping[str, Any] | None = None,
+    allow_query: bool = False,
 ) -> RequestContext:
     """Resume the named session or create it; unnamed, resume the user's latest live
-    session or create one. Tell the client its id."""
-    context = await services.server.sessions.context(
+    session or create one. Tell the client its id. A named `per_tab` session gives the
+    request's tab its own session, which the context is then of."""
+    tab_id = requested_tab_id(request, allow_query=allow_query)
+    sessions = services.server.sessions
+    context = await sessions.context(
         user_id, session_id, request_metadata=request_metadata, reuse_latest=True
     )
     add_response_header(request, SESSION_HEADER, context.session.id)
-    return context
-
-
-def _check_metadata(metadata: Mapping[str, Any]) -> None:
-    strategy = metadata.get("tab_strategy")
-    if strategy is not None and strategy not in TAB_STRATEGIES:
-        raise BadRequest(
-            f"unknown tab_strategy {strategy!r}; known strategies: {', '.join(TAB_STRATEGIES)}"
-        )
+    if session_id is None:
+        return context
+    tab = await tab_context(sessions, context, tab_id)
+    if tab is not context:
+        add_response_header(request, TAB_SESSION_HEADER, tab.session.id)
+    return tab
 
 
 def _json(session: Session, status: int = 200) -> Response:
@@ -118,7 +122,7 @@ class SessionEndpoints:
     async def create(self, request: Request) -> Response:
         user_id = await self._services.authenticate(request)
         body = parse_body(SessionCreate, await self._body(request))
-        _check_metadata(body.metadata)
+        check_tab_strategy(body.metadata)
         context = await self._sessions.context(user_id, None, body.metadata)
         add_response_header(request, SESSION_HEADER, context.session.id)
         return _json(context.session, status=201)
@@ -130,7 +134,7 @@ class SessionEndpoints:
     async def update(self, request: Request) -> Response:
         user_id = await self._services.authenticate(request)
         patch = parse_body(SessionPatch, await self._body(request))
-        _check_metadata(patch.metadata)
+        check_tab_strategy(patch.metadata)
         session_id = request.path_params["session_id"]
         return _json(await self._sessions.update(user_id, session_id, patch.metadata, merge=True))
 

@@ -8,8 +8,9 @@ from starlette.responses import JSONResponse, Response
 
 from chatserver.errors import ServiceUnavailable
 from chatserver.http.services import Services
-from chatserver.http.sessions import requested_session_id, session_context, tab_strategy
+from chatserver.http.sessions import requested_session_id, session_context
 from chatserver.http.sse import parse_cursor, sse_response
+from chatserver.tabs import tab_strategy
 
 
 class ThreadEndpoints:
@@ -30,14 +31,17 @@ class ThreadEndpoints:
         session_id = requested_session_id(request, allow_query=True)
         session = None
         if session_id is not None:
-            session = (await session_context(self._services, request, user_id, session_id)).session
+            context = await session_context(
+                self._services, request, user_id, session_id, allow_query=True
+            )
+            session = context.session
         await self._server.get_thread(user_id, thread_id)
         await self._server.check_cursor(thread_id, cursor)
         if self._services.streams.closing:
             raise ServiceUnavailable("the server is shutting down; reconnect shortly")
         stream = self._services.streams.open(
             self._server.subscribe(thread_id, cursor or 0),
-            session_id=session_id,
+            session_id=None if session is None else session.id,
             is_tab=True,
             takes_over=session is not None and tab_strategy(session) == "active_tab_wins",
         )

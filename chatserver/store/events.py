@@ -8,7 +8,7 @@ plain tuples from the driver on both.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
@@ -18,7 +18,7 @@ import psycopg
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from chatserver.statuses import ThreadStatus
+from chatserver.statuses import OPEN_RUN_STATUSES, ThreadStatus
 from chatserver.store import models
 from chatserver.store.database import Database, whole
 from chatserver.store.items import apply_item_changes
@@ -92,15 +92,62 @@ class EventStore(Database):
             return int(found or 0)
 
     @whole
-    async def trim_events(self, thread_id: str, keep: int) -> int:
-        """Drop all but the newest `keep` events of a thread."""
-        e = models.events
-        async with self.write(thread_id) as conn:
-            newest = await _max_seq(conn, thread_id)
-            result = await conn.execute(
-                sa.delete(e).where(e.c.thread_id == thread_id, e.c.seq <= newest - keep)
+    async def compact_events(
+        self, thread_id: str, upto: int, *, types: Collection[str], keep: int
+    ) -> int:
+        """Drop the thread's events of `types` up to seq `upto` (what finished runs' items
+        now hold in full), then all but its newest `keep` events; never an event after the
+        start of a run still open on it. Returns how many went.
+
+        A replay over the gaps this leaves is still right: a finished item's `done` event
+        carries the whole item, and a cursor before the oldest kept event gets `resync`.
+        No thread lock: only events older than any writer's go, whoever appends meanwhile."""
+        async with self.write() as conn:
+            superseded = await conn.execute(
+                _DELETE_SUPERSEDED, {"thread_id": thread_id, "upto": upto, "types": list(types)}
             )
-            return int(result.rowcount)
+            trimmed = await conn.execute(
+                _DELETE_BEYOND_KEPT, {"thread_id": thread_id, "keep": keep}
+            )
+            return int(superseded.rowcount) + int(trimmed.rowcount)
+
+
+def _compaction_statements() -> tuple[sa.Delete, sa.Delete]:
+    """Built once: a turn compacts at its end, and building the statements cost as much as
+    running them."""
+    e, r = models.events, models.runs
+    thread_id = sa.bindparam("thread_id", type_=sa.String())
+    # The last event before the oldest run still open (its start_seq), if there is one.
+    before_open = (
+        sa.select(sa.func.min(r.c.start_seq))
+        .where(r.c.thread_id == thread_id, r.c.status.in_(OPEN_RUN_STATUSES))
+        .scalar_subquery()
+    )
+    upto = sa.bindparam("upto", type_=sa.BigInteger())
+    superseded = sa.delete(e).where(
+        e.c.thread_id == thread_id,
+        e.c.seq <= upto,
+        e.c.seq <= sa.func.coalesce(before_open, upto),
+        e.c.type.in_(sa.bindparam("types", expanding=True)),
+    )
+    # The newest event beyond the `keep` newest: it and everything before it go.
+    beyond_kept = (
+        sa.select(e.c.seq)
+        .where(e.c.thread_id == thread_id)
+        .order_by(e.c.seq.desc())
+        .offset(sa.bindparam("keep"))
+        .limit(1)
+        .scalar_subquery()
+    )
+    trim = sa.delete(e).where(
+        e.c.thread_id == thread_id,
+        e.c.seq <= beyond_kept,
+        e.c.seq <= sa.func.coalesce(before_open, beyond_kept),
+    )
+    return superseded, trim
+
+
+_DELETE_SUPERSEDED, _DELETE_BEYOND_KEPT = _compaction_statements()
 
 
 async def _max_seq(conn: AsyncConnection, thread_id: str) -> int:

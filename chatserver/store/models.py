@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, SQLModel
+
+from chatserver.statuses import ENDED_SESSION_STATES, LIVE_SESSION_STATES, OPEN_RUN_STATUSES
 
 
 class UTCDateTime(sa.types.TypeDecorator[datetime]):
@@ -68,8 +71,28 @@ def _utc_column(*, nullable: bool = False, index: bool = False) -> Any:
     return Field(sa_type=UTCDateTime, nullable=False, index=index)
 
 
+def _in(column: str, values: Iterable[str]) -> str:
+    return f"{column} IN ({', '.join(repr(str(v)) for v in sorted(values))})"
+
+
+LIVE_STATES_SQL = _in("state", LIVE_SESSION_STATES)
+ENDED_STATES_SQL = _in("state", ENDED_SESSION_STATES)
+OPEN_RUNS_SQL = _in("status", OPEN_RUN_STATUSES)
+
+
+def _partial_index(name: str, column: str, where: str) -> sa.Index:
+    """An index of the rows a background duty looks for, so its scans never walk the rest
+    (tombstones pile up behind `expires_at` and `ended_at` forever)."""
+    return sa.Index(name, column, postgresql_where=sa.text(where), sqlite_where=sa.text(where))
+
+
 class SessionRow(SQLModel, table=True):
     __tablename__ = "sessions"
+    __table_args__ = (
+        # The reaper's queues: live sessions by expiry, ended ones by when they ended.
+        _partial_index("ix_sessions_due", "expires_at", LIVE_STATES_SQL),
+        _partial_index("ix_sessions_ended", "ended_at", ENDED_STATES_SQL),
+    )
 
     id: str = Field(primary_key=True, max_length=80)
     user_id: str = Field(index=True, max_length=200)
@@ -80,9 +103,13 @@ class SessionRow(SQLModel, table=True):
     thread_id: str | None = Field(default=None, max_length=80)
     created_at: datetime = _utc_column()
     last_activity_at: datetime = _utc_column()
-    expires_at: datetime = _utc_column(index=True)
+    expires_at: datetime = _utc_column()
     resumed_at: datetime | None = _utc_column(nullable=True)
     ended_at: datetime | None = _utc_column(nullable=True, index=True)
+    # "expired" | "closed": why it ended, kept by its tombstone (for errors and analytics).
+    end_reason: str | None = Field(default=None, max_length=20)
+    # When its data was removed and it became a tombstone (state cleaned_up).
+    cleaned_at: datetime | None = _utc_column(nullable=True, index=True)
     resume_count: int = 0
     turn_count: int = 0
     version: int = 1
@@ -90,7 +117,11 @@ class SessionRow(SQLModel, table=True):
 
 class ThreadRow(SQLModel, table=True):
     __tablename__ = "threads"
-    __table_args__ = (sa.Index("ix_threads_user_id_id", "user_id", "id"),)
+    __table_args__ = (
+        sa.Index("ix_threads_user_id_id", "user_id", "id"),
+        # Thread retention finds the longest idle first.
+        sa.Index("ix_threads_updated_at", "updated_at"),
+    )
 
     id: str = Field(primary_key=True, max_length=80)
     user_id: str = Field(max_length=200)
@@ -141,6 +172,8 @@ class RunRow(SQLModel, table=True):
     __table_args__ = (
         sa.UniqueConstraint("user_id", "idempotency_key", name="uq_runs_user_idempotency"),
         sa.Index("ix_runs_status_lease", "status", "lease_until"),
+        # The reaper skips sessions with a turn in progress.
+        _partial_index("ix_runs_open_session", "session_id", OPEN_RUNS_SQL),
     )
 
     id: str = Field(primary_key=True, max_length=80)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection
 from datetime import datetime
 from typing import TypeVar
 
 import sqlalchemy as sa
 
-from chatserver.statuses import OPEN_RUN_STATUSES, SessionState
+from chatserver.statuses import SessionState
 from chatserver.store import models
 from chatserver.store.database import Database, as_row, whole
 from chatserver.store.models import SessionRow
@@ -52,8 +52,11 @@ class SessionStore(Database):
         is) and an outcome handed back to the caller, even if it says the request must fail.
         """
         s = models.sessions
+        # FOR UPDATE on PostgreSQL: a reaper's batch (SKIP LOCKED) steps over a session a
+        # request holds, and a request waits for a batch that holds it, then sees its result.
+        current_row = sa.select(s).where(s.c.id == session_id).with_for_update()
         async with self.write(session_id) as conn:
-            found = (await conn.execute(sa.select(s).where(s.c.id == session_id))).first()
+            found = (await conn.execute(current_row)).first()
             current = as_row(SessionRow, found) if found else None
             updated, outcome = mutate(current.model_copy() if current else None)
             if updated is None:
@@ -66,39 +69,3 @@ class SessionStore(Database):
             values["version"] = current.version + 1
             await conn.execute(sa.update(s).where(s.c.id == session_id).values(**values))
             return updated.model_copy(update={"version": current.version + 1}), outcome
-
-    async def list_sessions_expiring(
-        self, before: datetime, limit: int, states: Collection[SessionState]
-    ) -> list[SessionRow]:
-        s = models.sessions
-        query = (
-            sa.select(s)
-            .where(s.c.expires_at <= before, s.c.state.in_(states))
-            .order_by(s.c.expires_at)
-            .limit(limit)
-        )
-        async with self.read() as conn:
-            return [as_row(SessionRow, r) for r in await conn.execute(query)]
-
-    async def list_sessions_ended_before(
-        self, before: datetime, limit: int, states: Collection[SessionState]
-    ) -> list[SessionRow]:
-        s = models.sessions
-        query = (
-            sa.select(s)
-            .where(s.c.ended_at <= before, s.c.state.in_(states))
-            .order_by(s.c.ended_at)
-            .limit(limit)
-        )
-        async with self.read() as conn:
-            return [as_row(SessionRow, r) for r in await conn.execute(query)]
-
-    async def sessions_with_open_runs(self, session_ids: Sequence[str]) -> set[str]:
-        if not session_ids:
-            return set()
-        r = models.runs
-        query = sa.select(r.c.session_id).where(
-            r.c.session_id.in_(session_ids), r.c.status.in_(OPEN_RUN_STATUSES)
-        )
-        async with self.read() as conn:
-            return {sid for sid in (await conn.execute(query)).scalars() if sid is not None}

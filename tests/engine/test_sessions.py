@@ -66,6 +66,7 @@ class Endings:
 
     closed: list[Session] = field(default_factory=list)
     expired: list[Session] = field(default_factory=list)
+    cleaned_up: list[Session] = field(default_factory=list)
 
     def listen(self, manager: SessionManager) -> Endings:
         async def closed(session: Session) -> None:
@@ -74,8 +75,12 @@ class Endings:
         async def expired(session: Session) -> None:
             self.expired.append(session)
 
+        async def cleaned_up(session: Session) -> None:
+            self.cleaned_up.append(session)
+
         manager.on_session_closed.append(closed)
         manager.on_session_expired.append(expired)
+        manager.on_session_cleaned_up.append(cleaned_up)
         return self
 
     @property
@@ -85,6 +90,10 @@ class Endings:
     @property
     def expired_ids(self) -> list[str]:
         return [row.id for row in self.expired]
+
+    @property
+    def cleaned_up_ids(self) -> list[str]:
+        return [row.id for row in self.cleaned_up]
 
 
 def client_session_id() -> str:
@@ -537,7 +546,8 @@ async def test_client_session_ids_of_eight_to_sixty_four_allowed_characters_are_
     assert await session_count(store) == len(ids)
 
 
-# -- cleanup strategies and the reaper's batch -------------------------------------------------
+# -- cleanup strategies on requests -----------------------------------------------------------
+# The reaper's batches (expire_due, clean_up_ended) are proven in tests/test_reaper.py.
 
 
 async def expire_one(
@@ -555,54 +565,31 @@ async def test_immediate_cleanup_leaves_a_tombstone_as_soon_as_expiry_is_detecte
 ) -> None:
     manager = make_manager(store, clock, cleanup_strategy="immediate")
     endings = Endings().listen(manager)
+    thread_id = new_id(IdKind.THREAD)
 
-    session_id, code = await expire_one(manager, clock, new_id(IdKind.THREAD))
+    session_id, code = await expire_one(manager, clock, thread_id)
 
     assert code == ErrorCode.SESSION_EXPIRED
     row = await stored(store, session_id)
-    assert (row.state, row.meta, row.thread_id, row.ended_at) == (
+    assert (row.state, row.meta, row.thread_id, row.ended_at, row.cleaned_at, row.end_reason) == (
         "cleaned_up",
         {},
         None,
         clock.now(),
+        clock.now(),
+        "expired",
     )
+    # What analytics read survives the cleanup.
+    assert (row.user_id, row.timeout_policy, row.turn_count) == (USER, "aggressive", 1)
     clock.advance(30 * 24 * HOUR)
     assert await error_code(manager.context(USER, session_id)) == ErrorCode.SESSION_EXPIRED
     assert (await stored(store, session_id)).state == "cleaned_up"
     assert await session_count(store) == 1
     assert endings.expired_ids == [session_id]
-
-
-async def test_deferred_cleanup_removes_data_only_after_the_grace_period(
-    store: Store, clock: ManualClock
-) -> None:
-    manager = make_manager(store, clock, cleanup_strategy="deferred", cleanup_grace_seconds=HOUR)
-    endings = Endings().listen(manager)
-    thread_id = new_id(IdKind.THREAD)
-    live_id = (await manager.context(USER, None, {"timeout_policy": "persistent"})).session.id
-    closed_id = (await manager.context(USER, None)).session.id
-    await manager.close(USER, closed_id)
-
-    session_id, code = await expire_one(manager, clock, thread_id)
-    assert code == ErrorCode.SESSION_EXPIRED
-    row = await stored(store, session_id)
-    assert (row.state, row.thread_id) == ("expired", thread_id)
-    assert await manager.clean_up_ended(limit=100) == 0
-
-    clock.advance(HOUR - 1)
-    assert await manager.clean_up_ended(limit=100) == 0
-    assert (await stored(store, session_id)).meta["tab_strategy"] == "shared"
-
-    clock.advance(2)
-    assert await manager.clean_up_ended(limit=100) == 1
-    row = await stored(store, session_id)
-    assert (row.state, row.meta, row.thread_id) == ("cleaned_up", {}, None)
-    assert await manager.clean_up_ended(limit=100) == 0
-    assert await error_code(manager.context(USER, session_id)) == ErrorCode.SESSION_EXPIRED
-    # Only the expired session was cleaned: the live and the closed ones keep their data.
-    assert (await stored(store, live_id)).state == "created"
-    assert (await stored(store, closed_id)).state == "closed"
-    assert endings.expired_ids == [session_id]
+    # The cleanup listener ran once, with the session's data as it was.
+    [cleaned] = endings.cleaned_up
+    assert (cleaned.id, cleaned.state, cleaned.thread_id) == (session_id, "expired", thread_id)
+    assert cleaned.metadata["tab_strategy"] == "shared"
 
 
 async def test_lazy_cleanup_cleans_an_expired_session_on_its_next_access(
@@ -614,42 +601,110 @@ async def test_lazy_cleanup_cleans_an_expired_session_on_its_next_access(
     session_id, code = await expire_one(manager, clock, new_id(IdKind.THREAD))
     assert code == ErrorCode.SESSION_EXPIRED
     assert (await stored(store, session_id)).state == "expired"
+    assert endings.cleaned_up == []
 
+    clock.advance(60)
     assert await error_code(manager.context(USER, session_id)) == ErrorCode.SESSION_EXPIRED
     row = await stored(store, session_id)
-    assert (row.state, row.meta, row.thread_id) == ("cleaned_up", {}, None)
+    assert (row.state, row.meta, row.thread_id, row.cleaned_at) == (
+        "cleaned_up",
+        {},
+        None,
+        clock.now(),
+    )
     assert await error_code(manager.context(USER, session_id)) == ErrorCode.SESSION_EXPIRED
     assert endings.expired_ids == [session_id]
+    assert endings.cleaned_up_ids == [session_id]
 
 
-async def test_expire_due_expires_due_live_sessions_in_batches_and_fires_listeners_once(
+async def test_lazy_cleanup_happens_on_a_plain_read_of_the_session_too(
     store: Store, clock: ManualClock
 ) -> None:
-    manager = make_manager(store, clock)
+    manager = make_manager(store, clock, cleanup_strategy="lazy")
     endings = Endings().listen(manager)
-    due = []
-    for _ in range(3):
-        due.append((await manager.context(USER, None, {"timeout_policy": "aggressive"})).session.id)
-        clock.advance(1)
-    lenient = (await manager.context(USER, None, {"timeout_policy": "lenient"})).session.id
-    closed = (await manager.context(USER, None, {"timeout_policy": "aggressive"})).session.id
-    await manager.close(USER, closed)
+    session_id, _ = await expire_one(manager, clock, new_id(IdKind.THREAD))
+
+    session = await manager.get(USER, session_id)
+
+    assert (session.state, dict(session.metadata)) == ("cleaned_up", {})
+    assert endings.cleaned_up_ids == [session_id]
+
+
+async def test_another_users_access_never_cleans_a_lazy_session(
+    store: Store, clock: ManualClock
+) -> None:
+    manager = make_manager(store, clock, cleanup_strategy="lazy")
+    endings = Endings().listen(manager)
+    session_id, _ = await expire_one(manager, clock, new_id(IdKind.THREAD))
+    before = await stored(store, session_id)
+
+    assert await error_code(manager.context("mallory", session_id)) == (ErrorCode.SESSION_NOT_FOUND)
+    assert await error_code(manager.get("mallory", session_id)) == ErrorCode.SESSION_NOT_FOUND
+
+    assert await stored(store, session_id) == before
+    assert endings.cleaned_up == []
+
+
+@pytest.mark.parametrize(
+    ("strategy", "state_after_close", "state_after_next_access"),
+    [
+        ("immediate", "cleaned_up", "cleaned_up"),
+        ("deferred", "closed", "closed"),
+        ("lazy", "closed", "cleaned_up"),
+    ],
+)
+async def test_a_closed_session_becomes_a_tombstone_that_still_answers_session_closed(
+    store: Store,
+    clock: ManualClock,
+    strategy: str,
+    state_after_close: str,
+    state_after_next_access: str,
+) -> None:
+    manager = make_manager(store, clock, cleanup_strategy=strategy, cleanup_grace_seconds=HOUR)
+    endings = Endings().listen(manager)
+    session_id = (await manager.context(USER, None, {"tier": "pro"})).session.id
+
+    await manager.close(USER, session_id)
+    assert (await stored(store, session_id)).state == state_after_close
+    assert await error_code(manager.context(USER, session_id)) == ErrorCode.SESSION_CLOSED
+    assert (await stored(store, session_id)).state == state_after_next_access
+    # Closing it again changes nothing, tombstone or not.
+    assert (await manager.close(USER, session_id)).state == state_after_next_access
+
+    clock.advance(HOUR)
+    await manager.clean_up_ended(limit=10)
+    row = await stored(store, session_id)
+    assert (row.state, row.meta, row.end_reason) == ("cleaned_up", {}, "closed")
+    assert await error_code(manager.context(USER, session_id)) == ErrorCode.SESSION_CLOSED
+    assert endings.closed_ids == endings.cleaned_up_ids == [session_id]
+    assert [s.metadata for s in endings.cleaned_up] == [{"tier": "pro"}]
+    assert endings.expired == []
+
+
+async def test_a_strategy_set_for_one_policy_overrides_the_default_for_its_sessions(
+    store: Store, clock: ManualClock
+) -> None:
+    manager = make_manager(
+        store,
+        clock,
+        cleanup_strategy="deferred",
+        cleanup_strategy_by_policy={"aggressive": "immediate", "custom": "lazy"},
+    )
+    aggressive = (await manager.context(USER, None, {"timeout_policy": "aggressive"})).session.id
+    standard = (await manager.context(USER, None, {"timeout_policy": "standard"})).session.id
+    custom = (await manager.context(USER, None, {"timeout_seconds": 600})).session.id
     clock.advance(30 * 60)
 
-    first = await manager.expire_due(limit=2)
-    assert [row.id for row in first] == due[:2]  # the longest overdue first
-    second = await manager.expire_due(limit=2)
-    assert [row.id for row in second] == due[2:]
-    assert await manager.expire_due(limit=2) == []
+    for session_id in (aggressive, standard, custom, custom):
+        await error_code(manager.context(USER, session_id))
 
-    assert {row.state for row in [*first, *second]} == {"expired"}
-    assert sorted(endings.expired_ids) == sorted(due)
-    for session_id in due:
-        assert await error_code(manager.context(USER, session_id)) == ErrorCode.SESSION_EXPIRED
-    assert sorted(endings.expired_ids) == sorted(due)
-    assert (await manager.context(USER, lenient)).session.state == "resumed"
-    assert (await stored(store, closed)).state == "closed"
-    assert endings.closed_ids == [closed]
+    states = [(await stored(store, sid)).state for sid in (aggressive, standard, custom)]
+    assert states == ["cleaned_up", "expired", "cleaned_up"]
+
+
+def test_a_strategy_for_an_unknown_policy_is_refused_at_startup() -> None:
+    with pytest.raises(ValueError, match="unknown policies"):
+        Settings(cleanup_strategy_by_policy={"eternal": "lazy"})
 
 
 # -- the seed scenario through a real ChatServer -----------------------------------------------

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from chatserver.clock import ManualClock
 from chatserver.config import Settings
-from chatserver.errors import ErrorCode, ThreadBusy
+from chatserver.errors import ErrorCode, ServiceUnavailable, ThreadBusy
 from chatserver.store import Store, StoredEvent
 from chatserver.store import models as tables
 from chatserver.types import TERMINAL_RUN_EVENT_TYPES, AssistantMessageItem, parse_thread_item
@@ -426,3 +426,101 @@ async def test_a_message_to_a_thread_orphaned_by_a_crash_runs_once_the_lease_lap
     finally:
         survivor.script.resume.set()
         await survivor.close(grace_seconds=1)
+
+
+async def test_a_busy_threads_log_stays_bounded_while_its_items_keep_every_turn(
+    store: Store, database_url: str, clock: ManualClock
+) -> None:
+    settings = Settings(database_url=database_url, commit_window_ms=2, event_log_max_per_thread=100)
+    server = ScriptedServer(store, settings, clock=clock)
+    server.script.deltas = 5
+    try:
+        ctx = await new_context(server)
+        first = await server.create_thread_and_start_turn(ctx, user_input("t0"))
+        emitted = len(await collect(server, first))
+        thread_id = first.thread_id
+        for n in range(1, 30):
+            handle = await server.start_turn(ctx, thread_id, user_input(f"t{n}"))
+            emitted += len(await collect(server, handle))
+
+        # The last turn compacts right after its last event, which the test has already seen.
+        async def compacted() -> list[StoredEvent]:
+            for _ in range(500):
+                stored = await store.read_events(thread_id, 0, 10_000)
+                if len(stored) <= 100:
+                    return stored
+                await asyncio.sleep(0.01)
+            raise AssertionError(f"{len(stored)} events kept")
+
+        stored = await compacted()
+        assert len(stored) == 100
+        assert stored[-1].seq == emitted
+        # Only the last turn keeps its deltas (a client may still be reading it).
+        assert {e.run_id for e in stored if e.type == "thread.item.updated"} == {handle.run_id}
+        answers = await assistant_items(server, thread_id)
+        assert [a.content[0].text for a in answers] == [
+            " ".join(f"t{n}:{d}" for d in range(5)) + " " for n in range(30)
+        ]
+
+        # A cursor behind what is kept: `resync` (reload the items), then everything kept.
+        replay = []
+        async for event in server.events.subscribe(thread_id, 0, until=lambda e: e.seq == emitted):
+            replay.append(event)
+        assert replay[0].type == "resync"
+        assert json.loads(replay[0].data)["earliest_seq"] == stored[0].seq
+        assert replay[1:] == stored
+    finally:
+        await server.close(grace_seconds=1)
+
+
+async def test_a_turn_longer_than_the_log_keeps_all_its_events_while_it_runs(
+    store: Store, database_url: str, clock: ManualClock
+) -> None:
+    settings = Settings(database_url=database_url, commit_window_ms=2, event_log_max_per_thread=100)
+    server = ScriptedServer(store, settings, clock=clock)
+    try:
+        ctx = await new_context(server)
+        server.script.deltas = 150
+        handle = await server.create_thread_and_start_turn(ctx, user_input("one"))
+        await collect(server, handle)
+        handle = await server.start_turn(ctx, handle.thread_id, user_input("two"))
+        await collect(server, handle)
+        server.script.deltas, server.script.pause_after = 300, 250
+        long = await server.start_turn(ctx, handle.thread_id, user_input("long"))
+        follower = asyncio.create_task(collect(server, long))
+        await server.script.paused.wait()
+        server.script.resume.set()
+
+        events = await follower
+        # Every delta of the running turn reached its follower, 300 > 100 kept events.
+        assert sum("content_part.text_delta" in e.data for e in events) == 300
+        assert [e.seq for e in events] == list(range(long.start_seq + 1, events[-1].seq + 1))
+        # Once it ended, the log is bounded again: its beginning is behind what is kept.
+        for _ in range(500):
+            if len(await store.read_events(long.thread_id, 0, 10_000)) <= 100:
+                break
+            await asyncio.sleep(0.01)
+        again = await collect(server, long)
+        assert again[0].type == "resync"
+        assert again[1:] == events[-100:]
+    finally:
+        await server.close(grace_seconds=1)
+
+
+async def test_a_compaction_that_fails_leaves_the_turn_and_the_next_one_whole(
+    server: ScriptedServer, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def unreachable(*_args: object, **_kwargs: object) -> int:
+        raise ServiceUnavailable("the database is unavailable; retry shortly")
+
+    monkeypatch.setattr(server.store, "compact_events", unreachable)
+    ctx = await new_context(server)
+    first = await server.create_thread_and_start_turn(ctx, user_input("one"))
+    assert (await collect(server, first))[-1].type == "run.completed"
+    second = await server.start_turn(ctx, first.thread_id, user_input("two"))
+
+    assert (await collect(server, second))[-1].type == "run.completed"
+    assert len(await assistant_items(server, first.thread_id)) == 2
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert f"event log of thread {first.thread_id} not compacted" in " ".join(warnings)
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]

@@ -332,9 +332,14 @@ async def test_health_readiness_and_openapi(
     assert (await client.get("/healthz")).json() == {"status": "ok"}
     assert (await client.get("/readyz")).json() == {"status": "ready"}
     schema = (await client.get("/openapi.json")).json()
-    assert {"/sessions", "/sessions/{session_id}", "/threads/{thread_id}/events"} <= set(
-        schema["paths"]
-    )
+    assert {
+        "/sessions",
+        "/sessions/{session_id}",
+        "/threads/{thread_id}/events",
+        "/threads/{thread_id}/stop",
+        "/stats",
+        "/metrics",
+    } <= set(schema["paths"])
 
     async def unreachable() -> None:
         raise ConnectionRefusedError("database down")

@@ -183,3 +183,57 @@ def test_the_migration_scripts_ship_inside_the_package() -> None:
     assert (package / "env.py").is_file()
     assert (package / "script.py.mako").is_file()
     assert list((package / "versions").glob("*.py"))
+
+
+def test_0003_gives_ended_sessions_their_reason_and_the_reaper_partial_indexes(
+    empty_database_url: str,
+) -> None:
+    migrations.upgrade(empty_database_url, "0002")
+    engine = sa.create_engine(sync_url(empty_database_url))
+    columns = (
+        "id, user_id, state, timeout_policy, timeout_seconds, meta, created_at,"
+        " last_activity_at, expires_at, resume_count, turn_count, version"
+    )
+    try:
+        with engine.begin() as conn:
+            for session_id, state in [
+                ("ses_live-00001", "active"),
+                ("ses_expired-01", "expired"),
+                ("ses_closed-001", "closed"),
+                ("ses_cleaned-01", "cleaned_up"),
+            ]:
+                conn.execute(
+                    sa.text(
+                        f"INSERT INTO sessions ({columns}) VALUES (:id, 'u', :state, 'standard',"
+                        " 1800, '{}', :t, :t, :t, 0, 0, 1)"
+                    ),
+                    {"id": session_id, "state": state, "t": T0.replace(tzinfo=None)},
+                )
+
+        migrations.upgrade(empty_database_url)
+
+        with engine.connect() as conn:
+            reasons = dict(
+                conn.execute(sa.text("SELECT id, end_reason FROM sessions ORDER BY id")).all()
+            )
+            indexes = {i["name"]: i for i in sa.inspect(conn).get_indexes("sessions")}
+    finally:
+        engine.dispose()
+    # What a tombstone from before ended for is unknown: NULL, answered as expired.
+    assert reasons == {
+        "ses_cleaned-01": None,
+        "ses_closed-001": "closed",
+        "ses_expired-01": "expired",
+        "ses_live-00001": None,
+    }
+    assert "ix_sessions_expires_at" not in indexes
+    assert indexes["ix_sessions_due"]["column_names"] == ["expires_at"]
+    assert indexes["ix_sessions_ended"]["column_names"] == ["ended_at"]
+    if empty_database_url.startswith("postgresql"):
+        # The partial predicates are what keep tombstones out of the reaper's scans.
+        where = {
+            name: index.get("dialect_options", {}).get("postgresql_where")
+            for name, index in indexes.items()
+        }
+        assert "created" in str(where["ix_sessions_due"])
+        assert "closed" in str(where["ix_sessions_ended"])

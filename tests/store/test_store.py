@@ -13,6 +13,7 @@ from chatserver.errors import Conflict
 from chatserver.ids import IdKind, new_id
 from chatserver.statuses import ItemStatus
 from chatserver.store import ItemWrite, NewEvent, Store
+from chatserver.store.lifecycle import PolicySet
 from chatserver.store.models import ItemRow, RunRow, SessionRow, ThreadRow
 from chatserver.store.sql import Order
 
@@ -216,16 +217,118 @@ async def test_failed_item_write_rolls_back_the_events_of_the_same_append(store:
     assert await store.get_item(orphan.id) is None
 
 
-async def test_trim_events_keeps_only_the_newest_and_appends_continue_after(store: Store) -> None:
+DELTA = "thread.item.updated"
+
+
+def turn_events(run_id: str, deltas: int = 3) -> list[NewEvent]:
+    """A finished turn's shape: structure around its deltas."""
+    return [
+        NewEvent(run_id, "run.started", "{}"),
+        NewEvent(run_id, "thread.item.added", "{}"),
+        *(NewEvent(run_id, DELTA, f'{{"n": {n}}}') for n in range(deltas)),
+        NewEvent(run_id, "thread.item.done", "{}"),
+        NewEvent(run_id, "run.completed", "{}"),
+    ]
+
+
+async def all_events(store: Store, thread_id: str) -> list[tuple[int, str | None, str]]:
+    events = await store.read_events(thread_id, after=0, limit=100_000)
+    return [(e.seq, e.run_id, e.type) for e in events]
+
+
+async def test_compaction_drops_the_deltas_of_runs_finished_before_the_last_one(
+    store: Store,
+) -> None:
+    thread = await new_thread(store)
+    earlier, last = new_id(IdKind.RUN), new_id(IdKind.RUN)
+    await store.append_events(thread.id, turn_events(earlier), created_at=T0)
+    await store.append_events(thread.id, [NewEvent(None, "notice", "{}")], created_at=T0)
+    start = await store.max_seq(thread.id)
+    await store.append_events(thread.id, turn_events(last), created_at=T0)
+
+    removed = await store.compact_events(thread.id, start, types=[DELTA], keep=1000)
+
+    assert removed == 3
+    # The last run's deltas stay, for clients still reading it, until the next run ends.
+    assert await all_events(store, thread.id) == [
+        (1, earlier, "run.started"),
+        (2, earlier, "thread.item.added"),
+        (6, earlier, "thread.item.done"),
+        (7, earlier, "run.completed"),
+        (8, None, "notice"),
+        *((seq, last, e.type) for seq, e in enumerate(turn_events(last), 9)),
+    ]
+
+
+async def test_compaction_keeps_the_newest_events_and_appends_continue_after(
+    store: Store,
+) -> None:
     thread = await new_thread(store)
     await store.append_events(thread.id, [event(str(n)) for n in range(50)], created_at=T0)
 
-    assert await store.trim_events(thread.id, keep=10) == 40
+    removed = await store.compact_events(thread.id, 0, types=[DELTA], keep=10)
+
+    assert removed == 40
     assert await store.min_seq(thread.id) == 41
-    assert await store.max_seq(thread.id) == 50
     assert await all_seqs(store, thread.id) == list(range(41, 51))
-    assert await store.trim_events(thread.id, keep=10) == 0
+    assert await store.compact_events(thread.id, 0, types=[DELTA], keep=10) == 0
     assert await store.append_events(thread.id, [event("next")], created_at=T0) == 51
+
+
+async def test_compaction_never_reaches_into_a_run_still_open_on_the_thread(
+    store: Store,
+) -> None:
+    thread = await new_thread(store)
+    await store.append_events(thread.id, [event(str(n)) for n in range(20)], created_at=T0)
+    running = run_row(thread.id, status="running", start_seq=20)
+    await store.insert_run(running)
+    await store.append_events(
+        thread.id, [event(str(n), running.id) for n in range(300)], created_at=T0
+    )
+
+    await store.compact_events(thread.id, 320, types=[DELTA], keep=100)
+
+    # Everything before the open run went; nothing of it, although that is 300 > 100 events
+    # and all of them deltas.
+    assert await all_seqs(store, thread.id) == list(range(21, 321))
+
+    await store.update_run(running.id, {"status": "completed"})
+    await store.compact_events(thread.id, 0, types=[DELTA], keep=100)
+    assert await all_seqs(store, thread.id) == list(range(221, 321))
+
+
+@pytest.mark.slow
+async def test_the_event_log_stays_bounded_over_five_thousand_turns_on_one_thread(
+    store: Store,
+) -> None:
+    thread = await new_thread(store)
+    keep = 1000
+    next_seq = 1
+    for turn in range(5000):
+        run_id = new_id(IdKind.RUN)
+        events = turn_events(run_id)
+        await store.append_events(thread.id, events, first_seq=next_seq, created_at=T0)
+        # What a turn's end does: its run started after seq next_seq - 1.
+        await store.compact_events(thread.id, next_seq - 1, types=[DELTA], keep=keep)
+        next_seq += len(events)
+        if turn % 1000 == 999:
+            logged = await all_events(store, thread.id)
+            assert len(logged) == keep
+            assert {run for _, run, type_ in logged if type_ == DELTA} == {run_id}
+
+    logged = await all_events(store, thread.id)
+    # The newest `keep` events, the log bounded by the setting, not by how long the thread
+    # has been talked in; only the last turn still has its deltas.
+    assert len(logged) == keep
+    assert logged[-1][0] == next_seq - 1 == 5000 * 7
+    assert [type_ for _, _, type_ in logged[-7:]] == [e.type for e in turn_events(run_id)]
+    assert [type_ for _, _, type_ in logged[-11:-7]] == [
+        "run.started",
+        "thread.item.added",
+        "thread.item.done",
+        "run.completed",
+    ]
+    assert await store.min_seq(thread.id) == logged[0][0]
 
 
 # -- sessions --------------------------------------------------------------------------------
@@ -538,15 +641,17 @@ async def test_a_naive_timestamp_is_refused(store: Store) -> None:
 async def test_timestamp_comparisons_mix_offsets_correctly(store: Store) -> None:
     row = session_row(expires_at=datetime(2026, 1, 1, 14, 0, tzinfo=PLUS_TWO))  # 12:00 UTC
     await store.insert_session(row)
-    states = ["created"]
+    nobody = PolicySet()
 
-    before = await store.list_sessions_expiring(
-        datetime(2026, 1, 1, 11, 59, tzinfo=UTC), 10, states
+    before = await store.expire_sessions(
+        datetime(2026, 1, 1, 11, 59, tzinfo=UTC), 10, tombstone=nobody
     )
-    after = await store.list_sessions_expiring(datetime(2026, 1, 1, 12, 0, tzinfo=UTC), 10, states)
+    after = await store.expire_sessions(
+        datetime(2026, 1, 1, 12, 0, tzinfo=UTC), 10, tombstone=nobody
+    )
 
     assert before == []
-    assert [s.id for s in after] == [row.id]
+    assert [s.values["id"] for s in after] == [row.id]
 
 
 async def test_session_metadata_round_trips_as_json(store: Store) -> None:
