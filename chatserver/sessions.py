@@ -135,8 +135,6 @@ class SessionManager:
                     ),
                     _Outcome.OK,
                 )
-            if row.user_id != user_id:
-                return None, _Outcome.NOT_FOUND
             ended = self._ended(row, now)
             if ended is not None:
                 return ended
@@ -148,7 +146,7 @@ class SessionManager:
             row.expires_at = now + timedelta(seconds=row.timeout_seconds)
             return row, _Outcome.OK
 
-        row, ended, outcome = await self._modify(session_id, touch)
+        row, ended, outcome = await self._modify(user_id, session_id, touch)
         await self._raise_for(outcome, ended, session_id)
         assert row is not None
         return RequestContext(
@@ -163,14 +161,14 @@ class SessionManager:
 
     async def get(self, user_id: str, session_id: str) -> SessionRow:
         """The session as it is, without touching it (expiry still applies)."""
-        row = await self.store.get_session(session_id)
-        if row is None or row.user_id != user_id:
+        row = await self.store.get_session(user_id, session_id)
+        if row is None:
             raise NotFound(f"session {session_id} not found", ErrorCode.SESSION_NOT_FOUND)
         if row.state in LIVE_STATES and self.clock.now() >= row.expires_at:
-            row = await self._transition(session_id, self._ended, raise_ended=False)
+            row = await self._transition(user_id, session_id, self._ended, raise_ended=False)
         return row
 
-    async def record_turn(self, session_id: str, thread_id: str) -> SessionRow:
+    async def record_turn(self, user_id: str, session_id: str, thread_id: str) -> SessionRow:
         """A turn ran: the session is active, on this thread."""
 
         def mark(row: SessionRow, now: datetime) -> tuple[SessionRow | None, _Outcome] | None:
@@ -184,7 +182,7 @@ class SessionManager:
             row.expires_at = now + timedelta(seconds=row.timeout_seconds)
             return row, _Outcome.OK
 
-        return await self._transition(session_id, mark)
+        return await self._transition(user_id, session_id, mark)
 
     async def update(
         self, user_id: str, session_id: str, metadata: Mapping[str, Any], *, merge: bool = False
@@ -208,7 +206,7 @@ class SessionManager:
             row.expires_at = row.last_activity_at + timedelta(seconds=timeout.seconds)
             return row, _Outcome.OK
 
-        return await self._transition(current.id, apply)
+        return await self._transition(user_id, current.id, apply)
 
     async def close(self, user_id: str, session_id: str) -> SessionRow:
         await self.get(user_id, session_id)
@@ -223,17 +221,17 @@ class SessionManager:
             row.ended_at = now
             return row, _Outcome.CLOSED_NOW
 
-        return await self._transition(session_id, end, closing=True)
+        return await self._transition(user_id, session_id, end, closing=True)
 
     async def expire_due(self, limit: int) -> list[SessionRow]:
         """Expire live sessions whose time is up (the reaper's job); returns those expired."""
         now = self.clock.now()
         due = await self.store.list_sessions_expiring(now, limit, [s.value for s in LIVE_STATES])
         # A session whose turn is still running is in use, whatever its clock says.
-        busy = await self.store.sessions_with_open_runs([row.id for row in due])
+        busy = await self.store.sessions_with_open_runs([(row.user_id, row.id) for row in due])
         expired = []
         for row in due:
-            if row.id in busy:
+            if (row.user_id, row.id) in busy:
                 continue
             current = await self.get(row.user_id, row.id)
             if current.state in (SessionState.EXPIRED, SessionState.CLEANED_UP):
@@ -251,7 +249,7 @@ class SessionManager:
         )
         cleaned = 0
         for row in due:
-            await self._transition(row.id, lambda r, _now: (_cleaned(r), _Outcome.OK))
+            await self._transition(row.user_id, row.id, lambda r, _now: (_cleaned(r), _Outcome.OK))
             cleaned += 1
         return cleaned
 
@@ -273,6 +271,7 @@ class SessionManager:
 
     async def _modify(
         self,
+        user_id: str,
         session_id: str,
         mutate: Callable[[SessionRow | None], tuple[SessionRow | None, _Outcome]],
     ) -> tuple[SessionRow | None, SessionRow | None, _Outcome]:
@@ -289,12 +288,13 @@ class SessionManager:
                 expiring, changed = changed, _cleaned(changed)
             return changed, outcome
 
-        async with self._locks.hold(session_id):
-            row, outcome = await self.store.modify_session(session_id, apply)
+        async with self._locks.hold(f"{session_id}/{user_id}"):
+            row, outcome = await self.store.modify_session(user_id, session_id, apply)
         return row, expiring or row, outcome
 
     async def _transition(
         self,
+        user_id: str,
         session_id: str,
         change: Callable[[SessionRow, datetime], tuple[SessionRow | None, _Outcome] | None],
         *,
@@ -309,7 +309,7 @@ class SessionManager:
             result = change(row, now)
             return result if result is not None else (None, _Outcome.OK)
 
-        row, ended, outcome = await self._modify(session_id, guarded)
+        row, ended, outcome = await self._modify(user_id, session_id, guarded)
         if closing and outcome is _Outcome.CLOSED_NOW and row is not None:
             await self._notify(self.on_session_closed, row)
             return row

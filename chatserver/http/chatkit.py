@@ -20,7 +20,7 @@ from chatserver.http.bodies import read_body
 from chatserver.http.errors import invalid_request
 from chatserver.http.services import Services
 from chatserver.http.sessions import requested_session_id, session_context
-from chatserver.http.sse import parse_cursor, sse_response
+from chatserver.http.sse import SessionKey, parse_cursor, sse_response
 from chatserver.server import RunHandle, thread_metadata
 from chatserver.sessions import RequestContext
 from chatserver.types import (
@@ -210,7 +210,8 @@ class ChatKitEndpoint:
         # a stale cursor from an earlier run cannot reach before this run's first event.
         after = max(options.cursor or 0, handle.start_seq)
         stream = self._services.streams.open(
-            self._server.stream_run(handle, after), session_id=context.session.id
+            self._server.stream_run(handle, after),
+            session=SessionKey(context.user_id, context.session.id),
         )
         return sse_response(stream, self._services.settings.heartbeat_seconds)
 

@@ -9,7 +9,7 @@ from starlette.responses import JSONResponse, Response
 from chatserver.errors import ServiceUnavailable
 from chatserver.http.services import Services
 from chatserver.http.sessions import requested_session_id, session_context, tab_strategy
-from chatserver.http.sse import parse_cursor, sse_response
+from chatserver.http.sse import SessionKey, parse_cursor, sse_response
 
 
 class ThreadEndpoints:
@@ -36,7 +36,7 @@ class ThreadEndpoints:
             raise ServiceUnavailable("the server is shutting down; reconnect shortly")
         stream = self._services.streams.open(
             self._server.subscribe(thread_id, cursor or 0),
-            session_id=session_id,
+            session=None if session_id is None else SessionKey(user_id, session_id),
             is_tab=True,
             takes_over=session is not None and tab_strategy(session) == "active_tab_wins",
         )

@@ -176,28 +176,23 @@ class Store:
         async with self._reader.connect() as conn:
             yield conn
 
-    # -- sessions --------------------------------------------------------------------------
+    # -- sessions ----------------------------------------------------------------------------
+    # A session is keyed by its user and its id: ids are unique per user only.
 
     @_whole
     async def insert_session(self, row: SessionRow) -> None:
-        async with self.write(row.id) as conn:
+        async with self.write(_session_lock(row.user_id, row.id)) as conn:
             await conn.execute(sa.insert(models.sessions).values(**row.model_dump()))
 
-    async def get_session(self, session_id: str) -> SessionRow | None:
-        return await self._get(models.sessions, SessionRow, session_id)
-
-    @_whole
-    async def update_session(
-        self, session_id: str, expected_version: int, values: Mapping[str, Any]
-    ) -> SessionRow:
-        async with self.write(session_id) as conn:
-            return await _versioned_update(
-                conn, models.sessions, SessionRow, session_id, expected_version, values
-            )
+    async def get_session(self, user_id: str, session_id: str) -> SessionRow | None:
+        async with self.read() as conn:
+            found = (await conn.execute(_select_session(user_id, session_id))).first()
+            return _row(SessionRow, found) if found else None
 
     @_whole
     async def modify_session(
         self,
+        user_id: str,
         session_id: str,
         mutate: Callable[[SessionRow | None], tuple[SessionRow | None, Outcome]],
     ) -> tuple[SessionRow | None, Outcome]:
@@ -206,26 +201,21 @@ class Store:
         `mutate` gets the current row (or None) and returns the row to store (None: leave as
         is) and an outcome handed back to the caller, even if it says the request must fail.
         """
-        async with self.write(session_id) as conn:
-            found = (
-                await conn.execute(
-                    sa.select(models.sessions).where(models.sessions.c.id == session_id)
-                )
-            ).first()
+        s = models.sessions
+        async with self.write(_session_lock(user_id, session_id)) as conn:
+            found = (await conn.execute(_select_session(user_id, session_id))).first()
             current = _row(SessionRow, found) if found else None
             updated, outcome = mutate(current.model_copy() if current else None)
             if updated is None:
                 return current, outcome
             values = updated.model_dump()
             if current is None:
-                await conn.execute(sa.insert(models.sessions).values(**values))
+                await conn.execute(sa.insert(s).values(**values))
                 return updated, outcome
-            values.pop("id")
+            del values["id"], values["user_id"]
             values["version"] = current.version + 1
             await conn.execute(
-                sa.update(models.sessions)
-                .where(models.sessions.c.id == session_id)
-                .values(**values)
+                sa.update(s).where(s.c.user_id == user_id, s.c.id == session_id).values(**values)
             )
             return updated.model_copy(update={"version": current.version + 1}), outcome
 
@@ -254,15 +244,20 @@ class Store:
         async with self.read() as conn:
             return [_row(SessionRow, r) for r in await conn.execute(query)]
 
-    async def sessions_with_open_runs(self, session_ids: Sequence[str]) -> set[str]:
-        if not session_ids:
+    async def sessions_with_open_runs(
+        self, sessions: Sequence[tuple[str, str]]
+    ) -> set[tuple[str, str]]:
+        """Those of the (user_id, session_id) pairs with a queued or running run."""
+        if not sessions:
             return set()
         r = models.runs
-        query = sa.select(r.c.session_id).where(
-            r.c.session_id.in_(session_ids), r.c.status.in_(("queued", "running"))
+        query = sa.select(r.c.user_id, r.c.session_id).where(
+            r.c.session_id.in_({session_id for _, session_id in sessions}),
+            r.c.status.in_(("queued", "running")),
         )
         async with self.read() as conn:
-            return {sid for sid in (await conn.execute(query)).scalars() if sid is not None}
+            busy = {(user_id, session_id) for user_id, session_id in await conn.execute(query)}
+        return busy & set(sessions)
 
     # -- threads ---------------------------------------------------------------------------
 
@@ -548,6 +543,15 @@ class Store:
         async with self.read() as conn:
             rows = [_row(model, r) for r in await conn.execute(query)]
         return rows[:limit], len(rows) > limit
+
+
+def _session_lock(user_id: str, session_id: str) -> str:
+    return f"{session_id}/{user_id}"
+
+
+def _select_session(user_id: str, session_id: str) -> sa.Select[Any]:
+    s = models.sessions
+    return sa.select(s).where(s.c.user_id == user_id, s.c.id == session_id)
 
 
 async def _max_seq(conn: AsyncConnection, thread_id: str) -> int:
