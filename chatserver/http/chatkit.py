@@ -21,11 +21,14 @@ from chatserver.http.errors import invalid_request
 from chatserver.http.services import Services
 from chatserver.http.sessions import requested_session_id, session_context
 from chatserver.http.sse import SessionKey, parse_cursor, sse_response
+from chatserver.http.validation import require_id, require_text
+from chatserver.ids import IdKind
 from chatserver.server import RunHandle, thread_metadata
 from chatserver.sessions import RequestContext
 from chatserver.types import (
     AttachmentsCreateRequest,
     AttachmentsDeleteRequest,
+    ChatKitRequest,
     HiddenContextItem,
     InputTranscribeRequest,
     ItemsFeedbackRequest,
@@ -92,12 +95,18 @@ class ChatKitEndpoint:
 
     async def handle(self, request: Request) -> Response:
         user_id = await self._services.authenticate(request)
-        body = await read_body(request, self._services.settings.max_body_bytes)
+        settings = self._services.settings
+        body = await read_body(
+            request,
+            limit=settings.max_body_bytes,
+            deadline_seconds=settings.body_read_timeout_seconds,
+        )
         try:
             chatkit_request = parse_request(body)
         except ValidationError as exc:
             raise invalid_request(exc) from None
         # Checked before the session is touched: a malformed request writes nothing.
+        _check_request(chatkit_request)
         options = RunOptions.of(request) if is_streaming(chatkit_request) else RunOptions()
         context = await session_context(
             self._services,
@@ -214,6 +223,40 @@ class ChatKitEndpoint:
             session=SessionKey(context.user_id, context.session.id),
         )
         return sse_response(stream, self._services.settings.heartbeat_seconds)
+
+
+def _check_request(req: ChatKitRequest) -> None:
+    """Ids and stored text of the requests we serve (the rest are refused as unsupported)."""
+    match req:
+        case ThreadsAddUserMessageRequest() | ThreadsGetByIdRequest() | ThreadsDeleteRequest():
+            require_id(IdKind.THREAD, req.params.thread_id, "thread_id")
+        case ThreadsRetryAfterItemRequest():
+            require_id(IdKind.THREAD, req.params.thread_id, "thread_id")
+            require_id(IdKind.ITEM, req.params.item_id, "item_id")
+        case ThreadsListRequest():
+            if req.params.after is not None:
+                require_id(IdKind.THREAD, req.params.after, "after")
+        case ItemsListRequest():
+            require_id(IdKind.THREAD, req.params.thread_id, "thread_id")
+            if req.params.after is not None:
+                require_id(IdKind.ITEM, req.params.after, "after")
+        case ThreadsUpdateRequest():
+            require_id(IdKind.THREAD, req.params.thread_id, "thread_id")
+            require_text(req.params.title, "title")
+        case (
+            ThreadsCreateRequest()
+            | ThreadsCustomActionRequest()
+            | ThreadsAddClientToolOutputRequest()
+            | ThreadsAddStructuredInputRequest()
+            | ThreadsSyncCustomActionRequest()
+            | ItemsFeedbackRequest()
+            | AttachmentsCreateRequest()
+            | AttachmentsDeleteRequest()
+            | InputTranscribeRequest()
+        ):
+            pass
+        case _:
+            assert_never(req)
 
 
 def _not_supported(request_type: str) -> BadRequest:

@@ -25,6 +25,7 @@ STATUS_BY_CODE: Final[Mapping[ErrorCode, int]] = MappingProxyType(
         ErrorCode.UNKNOWN_POLICY: 400,
         ErrorCode.NOT_SUPPORTED: 400,
         ErrorCode.PAYLOAD_TOO_LARGE: 413,
+        ErrorCode.REQUEST_TIMEOUT: 408,
         ErrorCode.NOT_FOUND: 404,
         ErrorCode.SESSION_NOT_FOUND: 404,
         ErrorCode.THREAD_NOT_FOUND: 404,
@@ -39,6 +40,15 @@ STATUS_BY_CODE: Final[Mapping[ErrorCode, int]] = MappingProxyType(
         ErrorCode.INTERNAL: 500,
         ErrorCode.RESPONDER_FAILED: 500,
         ErrorCode.RUN_INTERRUPTED: 500,
+    }
+)
+
+# Headers some refusals need: how to authenticate; and that a connection whose body never
+# arrived is not reused (its unread bytes would be taken for the next request).
+_HEADERS_BY_CODE: Final[Mapping[ErrorCode, Mapping[str, str]]] = MappingProxyType(
+    {
+        ErrorCode.UNAUTHORIZED: {"WWW-Authenticate": "Bearer"},
+        ErrorCode.REQUEST_TIMEOUT: {"Connection": "close"},
     }
 )
 
@@ -75,7 +85,7 @@ def invalid_request(exc: ValidationError) -> BadRequest:
 
 async def on_chatserver_error(_request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ChatServerError)
-    return error_response(exc.code, exc.message)
+    return error_response(exc.code, exc.message, headers=_HEADERS_BY_CODE.get(exc.code))
 
 
 async def on_http_exception(_request: Request, exc: Exception) -> Response:

@@ -15,6 +15,8 @@ from chatserver.errors import BadRequest
 from chatserver.http.bodies import parse_body, read_body
 from chatserver.http.middleware import add_response_header
 from chatserver.http.services import Services
+from chatserver.http.validation import require_id, require_storable
+from chatserver.ids import IdKind
 from chatserver.sessions import RequestContext
 from chatserver.store.models import SessionRow
 
@@ -42,16 +44,54 @@ class SessionPublic(BaseModel):
         return cls(**row.model_dump(exclude={"meta"}), metadata=row.meta)
 
 
+# The metadata keys the server reads; any other key is the application's, kept as given.
+METADATA_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": (
+        "Free-form JSON, kept with the session. The server reads three keys; keys and string "
+        "values must not contain U+0000."
+    ),
+    "properties": {
+        "timeout_policy": {
+            "type": "string",
+            "enum": ["aggressive", "standard", "lenient", "persistent"],
+            "description": (
+                "Idle time before the session expires: aggressive 10 min, standard 30 min "
+                "(default), lenient 4 h, persistent 7 days (durations configurable)."
+            ),
+        },
+        "timeout_seconds": {
+            "type": "integer",
+            "description": (
+                "A custom idle timeout in seconds, within the server's bounds (default 60 s to "
+                "30 days); wins over timeout_policy."
+            ),
+        },
+        "tab_strategy": {
+            "type": "string",
+            "enum": list(TAB_STRATEGIES),
+            "description": (
+                "How tabs naming this session share it: shared (default) - every tab streams; "
+                "per_tab - the client gives each tab its own session, this one is not shared; "
+                "active_tab_wins - a tab opening the thread stream ends the session's older "
+                "tab streams with a session.superseded event."
+            ),
+        },
+    },
+    "additionalProperties": True,
+}
+
+
 class SessionCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: dict[str, Any] = Field(default_factory=dict, json_schema_extra=METADATA_SCHEMA)
 
 
 class SessionPatch(BaseModel):
     """Merged into the session's metadata (a `null` value removes that key)."""
 
     model_config = ConfigDict(extra="forbid")
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: dict[str, Any] = Field(default_factory=dict, json_schema_extra=METADATA_SCHEMA)
 
 
 def tab_strategy(session: SessionRow) -> TabStrategy:
@@ -63,7 +103,9 @@ def requested_session_id(request: Request, *, allow_query: bool = False) -> str 
     session_id = request.headers.get(SESSION_HEADER)
     if session_id is None and allow_query:
         session_id = request.query_params.get("session_id")
-    return session_id
+    if session_id is None:
+        return None
+    return require_id(IdKind.SESSION, session_id, "session id")
 
 
 async def session_context(
@@ -83,11 +125,16 @@ async def session_context(
 
 
 def _check_metadata(metadata: Mapping[str, Any]) -> None:
+    require_storable(metadata)
     strategy = metadata.get("tab_strategy")
     if strategy is not None and strategy not in TAB_STRATEGIES:
         raise BadRequest(
             f"unknown tab_strategy {strategy!r}; known strategies: {', '.join(TAB_STRATEGIES)}"
         )
+
+
+def _path_session_id(request: Request) -> str:
+    return require_id(IdKind.SESSION, request.path_params["session_id"], "session id")
 
 
 def _json(row: SessionRow, status: int = 200) -> Response:
@@ -111,18 +158,23 @@ class SessionEndpoints:
 
     async def get(self, request: Request) -> Response:
         user_id = await self._services.authenticate(request)
-        return _json(await self._sessions.get(user_id, request.path_params["session_id"]))
+        return _json(await self._sessions.get(user_id, _path_session_id(request)))
 
     async def update(self, request: Request) -> Response:
         user_id = await self._services.authenticate(request)
+        session_id = _path_session_id(request)
         patch = parse_body(SessionPatch, await self._body(request))
         _check_metadata(patch.metadata)
-        session_id = request.path_params["session_id"]
         return _json(await self._sessions.update(user_id, session_id, patch.metadata, merge=True))
 
     async def close(self, request: Request) -> Response:
         user_id = await self._services.authenticate(request)
-        return _json(await self._sessions.close(user_id, request.path_params["session_id"]))
+        return _json(await self._sessions.close(user_id, _path_session_id(request)))
 
     async def _body(self, request: Request) -> bytes:
-        return await read_body(request, self._services.settings.max_body_bytes)
+        settings = self._services.settings
+        return await read_body(
+            request,
+            limit=settings.max_body_bytes,
+            deadline_seconds=settings.body_read_timeout_seconds,
+        )

@@ -10,6 +10,8 @@ from chatserver.errors import ServiceUnavailable
 from chatserver.http.services import Services
 from chatserver.http.sessions import requested_session_id, session_context, tab_strategy
 from chatserver.http.sse import SessionKey, parse_cursor, sse_response
+from chatserver.http.validation import require_id
+from chatserver.ids import IdKind
 
 
 class ThreadEndpoints:
@@ -22,7 +24,7 @@ class ThreadEndpoints:
         leaves. The header wins over `?after=`: EventSource sends it on reconnect, newer than
         the URL it was opened with."""
         user_id = await self._services.authenticate(request)
-        thread_id = request.path_params["thread_id"]
+        thread_id = require_id(IdKind.THREAD, request.path_params["thread_id"], "thread id")
         cursor = parse_cursor(request.headers.get("last-event-id"), "Last-Event-ID")
         if cursor is None:
             cursor = parse_cursor(request.query_params.get("after"), "after")
@@ -44,5 +46,6 @@ class ThreadEndpoints:
 
     async def stop(self, request: Request) -> Response:
         user_id = await self._services.authenticate(request)
-        stopped = await self._server.stop(user_id, request.path_params["thread_id"])
+        thread_id = require_id(IdKind.THREAD, request.path_params["thread_id"], "thread id")
+        stopped = await self._server.stop(user_id, thread_id)
         return JSONResponse({"stopped": stopped})
