@@ -18,6 +18,7 @@ when used after a quarter of that; rotating the key ends every anonymous identit
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import re
 import secrets
@@ -53,7 +54,7 @@ class _ClockSigner(TimestampSigner):
     """itsdangerous reads the system time; ours comes from the server's clock."""
 
     def __init__(self, key: str, clock: Clock) -> None:
-        super().__init__(key, salt=_SALT)
+        super().__init__(key, salt=_SALT, digest_method=hashlib.sha256)
         self._clock = clock
 
     def get_timestamp(self) -> int:
