@@ -11,6 +11,7 @@ from starlette.middleware import Middleware
 
 from chatserver.config import Settings
 from chatserver.http.auth import Authenticator, DefaultAuthenticator
+from chatserver.http.cors import cors_middleware
 from chatserver.http.errors import EXCEPTION_HANDLERS
 from chatserver.http.instrument import MetricsMiddleware
 from chatserver.http.middleware import ApiMiddleware
@@ -22,7 +23,7 @@ from chatserver.reaper import Reaper
 from chatserver.responders.echo import EchoChatServer
 from chatserver.server import ChatServer
 from chatserver.store import Store
-from chatserver.store.migrations import upgrade_connection
+from chatserver.store.migrations import schema_problem, upgrade_connection
 
 logger = logging.getLogger(__name__)
 
@@ -40,10 +41,15 @@ def create_app(
     kept) and closes the store.
 
     `authenticate(request) -> user_id` defaults to bearer tokens from the settings, else an
-    anonymous user kept in a signed cookie. `migrate` applies the schema migrations at startup
-    on SQLite (PostgreSQL, shared by instances, is migrated with `chatserver migrate`).
+    anonymous user kept in a signed cookie (see `chatserver.http.auth`); a hook of your own
+    must keep its user ids apart from another kind's. `migrate` applies the schema migrations
+    at startup on SQLite (PostgreSQL, shared by instances, is migrated with `chatserver
+    migrate`).
     """
     settings = settings or server.settings
+    default_auth: DefaultAuthenticator | None = None
+    if authenticate is None:
+        authenticate = default_auth = DefaultAuthenticator(settings, server.store, server.clock)
     streams = StreamRegistry()
     metrics = Metrics(server, streams.__len__)
     metrics.instrument(server)
@@ -52,7 +58,7 @@ def create_app(
     services = Services(
         server=server,
         settings=settings,
-        authenticate=authenticate or DefaultAuthenticator(settings),
+        authenticate=authenticate,
         streams=streams,
         metrics=metrics,
         reaper=reaper,
@@ -64,8 +70,16 @@ def create_app(
             if migrate and server.store.backend == "sqlite":
                 async with server.store.engine.begin() as conn:
                     await upgrade_connection(conn)
+            async with server.store.read() as conn:
+                problem = await schema_problem(conn)
+            if problem is not None:
+                raise RuntimeError(f"{problem}: run `chatserver migrate` first")
+            if default_auth is not None:
+                await default_auth.start()
             await server.start()
         except BaseException:
+            if default_auth is not None:
+                await default_auth.close()
             await server.store.close()
             raise
         reaper.start()
@@ -75,14 +89,21 @@ def create_app(
             await reaper.stop()
             services.streams.close_all()
             try:
+                if default_auth is not None:
+                    await default_auth.close()
                 await server.close()
             finally:
                 await server.store.close()
 
     app = Starlette(
         routes=routes(services),
-        # Metrics outermost: they see every response, the 500s ApiMiddleware makes included.
-        middleware=[Middleware(MetricsMiddleware, metrics=metrics), Middleware(ApiMiddleware)],
+        # Metrics outside ApiMiddleware: they see every response, its 500s included; CORS
+        # outermost, so that every answer, errors too, carries its headers.
+        middleware=[
+            *cors_middleware(settings),
+            Middleware(MetricsMiddleware, metrics=metrics),
+            Middleware(ApiMiddleware),
+        ],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
+import sqlalchemy as sa
 from dotenv import dotenv_values
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic.fields import FieldInfo
@@ -18,6 +19,12 @@ ResponderChoice = Literal["auto", "echo", "openai"]
 # The policy of a session whose timeout was given in seconds rather than by name.
 CUSTOM_POLICY = "custom"
 _MIN_ADMIN_TOKEN_LENGTH = 16
+
+# The drivers the Store speaks: async SQLAlchemy, and psycopg 3 for PostgreSQL's hot path.
+DATABASE_DRIVERS = ("sqlite+aiosqlite", "postgresql+psycopg")
+# Anonymous users are `anon_<token>`: no configured user may look like one.
+ANONYMOUS_PREFIX = "anon_"
+MIN_SECRET_KEY_LENGTH = 32
 
 
 class Settings(BaseSettings):
@@ -78,11 +85,29 @@ class Settings(BaseSettings):
 
     heartbeat_seconds: float = Field(default=15.0, gt=0)
     max_body_bytes: int = Field(default=1_000_000, ge=1024)
-    secret_key: SecretStr = SecretStr("change-me-in-production")
+    # A request body must arrive within this many seconds of its headers (else 408).
+    body_read_timeout_seconds: float = Field(default=30.0, gt=0)
+    # A connection must send a request's complete headers within this many seconds of being
+    # opened or of its previous response, else it is closed (`chatserver serve`).
+    header_read_timeout_seconds: float = Field(default=10.0, gt=0)
+    # An idle keep-alive connection is closed after this many seconds (`chatserver serve`).
+    keep_alive_seconds: int = Field(default=5, ge=1)
+
+    # Signs the anonymous-user cookie. Unset: a random key is generated on first start and
+    # kept in the database for every instance (`chatserver rotate-secret` replaces it).
+    secret_key: SecretStr | None = None
+    # How often an instance re-reads the database key, so a rotation reaches every instance.
+    secret_refresh_seconds: float = Field(default=60.0, gt=0)
+    # An anonymous user's cookie lasts this long; used again after a quarter of it, it is
+    # renewed, so only a user away for the whole lifetime loses their identity.
+    anonymous_cookie_seconds: int = Field(default=30 * 24 * 60 * 60, ge=60)
     # "token:user_id" pairs, comma separated, for API clients using bearer auth.
     bearer_tokens: str = ""
     # Bearer token for the operator's endpoints (/stats, /metrics); unset, they answer 404.
     admin_token: SecretStr | None = None
+    # Browser origins allowed to call the API (CORS), comma separated, e.g.
+    # "https://app.example.com"; empty: none. "*" allows any origin, but without cookies.
+    cors_origins: str = ""
     shutdown_grace_seconds: float = Field(default=3.0, ge=0)
     log_level: str = "INFO"
 
@@ -134,6 +159,35 @@ class Settings(BaseSettings):
             raise ValueError(f"admin_token must be at least {_MIN_ADMIN_TOKEN_LENGTH} characters")
         return value
 
+    @field_validator("database_url")
+    @classmethod
+    def _database_driver_is_supported(cls, value: str) -> str:
+        try:
+            url = sa.make_url(value)
+        except sa.exc.ArgumentError:
+            raise ValueError(f"not a database URL: {value!r}") from None
+        if url.drivername not in DATABASE_DRIVERS:
+            raise ValueError(
+                f"unsupported database driver {url.drivername!r}; the URL must start with "
+                + " or ".join(f"{driver}://" for driver in DATABASE_DRIVERS)
+            )
+        return value
+
+    @field_validator("secret_key", mode="before")
+    @classmethod
+    def _empty_secret_key_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("secret_key")
+    @classmethod
+    def _secret_key_is_long(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < MIN_SECRET_KEY_LENGTH:
+            raise ValueError(
+                f"secret_key must be at least {MIN_SECRET_KEY_LENGTH} characters; leave it unset "
+                "to have one generated and kept in the database"
+            )
+        return value
+
     @model_validator(mode="after")
     def _bounds_are_ordered(self) -> Settings:
         if self.min_timeout_seconds > self.max_timeout_seconds:
@@ -155,6 +209,16 @@ class Settings(BaseSettings):
     def cleanup_strategy_for(self, policy: str) -> CleanupStrategy:
         return self.cleanup_strategy_by_policy.get(policy, self.cleanup_strategy)
 
+    @model_validator(mode="after")
+    def _bearer_users_are_not_anonymous(self) -> Settings:
+        for user_id in self.bearer_token_users().values():
+            if user_id.startswith(ANONYMOUS_PREFIX):
+                raise ValueError(
+                    f"bearer_tokens: user id {user_id!r} starts with {ANONYMOUS_PREFIX!r}, "
+                    "which names anonymous users"
+                )
+        return self
+
     def policy_seconds(self) -> dict[str, int]:
         return {
             "aggressive": self.policy_aggressive_seconds,
@@ -166,6 +230,9 @@ class Settings(BaseSettings):
     def bearer_token_users(self) -> dict[str, str]:
         pairs = (entry.split(":", 1) for entry in self.bearer_tokens.split(",") if ":" in entry)
         return {token.strip(): user.strip() for token, user in pairs if token.strip()}
+
+    def cors_origin_list(self) -> list[str]:
+        return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
 
     @property
     def is_sqlite(self) -> bool:

@@ -2,7 +2,8 @@
 
     ChatServerError
     ├── BadRequest            invalid_request, invalid_json, invalid_id, invalid_cursor,
-    │                         unknown_policy, payload_too_large, not_supported
+    │                         unknown_policy, payload_too_large, request_timeout,
+    │                         not_supported
     ├── NotFound              not_found, session_not_found, thread_not_found, item_not_found
     │   ├── SessionExpired    session_expired
     │   └── SessionClosed     session_closed
@@ -33,6 +34,7 @@ class ErrorCode(StrEnum):
     INVALID_CURSOR = "invalid_cursor"
     UNKNOWN_POLICY = "unknown_policy"
     PAYLOAD_TOO_LARGE = "payload_too_large"
+    REQUEST_TIMEOUT = "request_timeout"
     NOT_SUPPORTED = "not_supported"
     NOT_FOUND = "not_found"
     SESSION_NOT_FOUND = "session_not_found"

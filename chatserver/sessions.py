@@ -216,8 +216,6 @@ class SessionManager:
                     ),
                     _Outcome.OK,
                 )
-            if row.user_id != user_id:
-                return None, _Outcome.NOT_FOUND
             ended = self._ended(row, now)
             if ended is not None:
                 return ended
@@ -229,7 +227,7 @@ class SessionManager:
             row.expires_at = now + timedelta(seconds=row.timeout_seconds)
             return row, _Outcome.OK
 
-        result = await self._modify(session_id, touch)
+        result = await self._modify(user_id, session_id, touch)
         await self._settle(result, session_id)
         row = result.row
         assert row is not None
@@ -248,15 +246,15 @@ class SessionManager:
         return Session.of(await self._get_row(user_id, session_id))
 
     async def _get_row(self, user_id: str, session_id: str) -> SessionRow:
-        row = await self.store.get_session(session_id)
-        if row is None or row.user_id != user_id:
+        row = await self.store.get_session(user_id, session_id)
+        if row is None:
             raise NotFound(f"session {session_id} not found", ErrorCode.SESSION_NOT_FOUND)
         due = row.state in LIVE_SESSION_STATES and self.clock.now() >= row.expires_at
         if due or self._cleans_on_access(row, _Outcome.EXPIRED):
-            row = await self._transition(session_id, self._ended, raise_ended=False)
+            row = await self._transition(user_id, session_id, self._ended, raise_ended=False)
         return row
 
-    async def record_turn(self, session_id: str, thread_id: str) -> Session:
+    async def record_turn(self, user_id: str, session_id: str, thread_id: str) -> Session:
         """A turn ran: the session is active, on this thread."""
 
         def mark(row: SessionRow, now: datetime) -> tuple[SessionRow | None, _Outcome] | None:
@@ -270,7 +268,7 @@ class SessionManager:
             row.expires_at = now + timedelta(seconds=row.timeout_seconds)
             return row, _Outcome.OK
 
-        return Session.of(await self._transition(session_id, mark))
+        return Session.of(await self._transition(user_id, session_id, mark))
 
     async def update(
         self, user_id: str, session_id: str, metadata: Mapping[str, Any], *, merge: bool = False
@@ -294,7 +292,7 @@ class SessionManager:
             row.expires_at = row.last_activity_at + timedelta(seconds=timeout.seconds)
             return row, _Outcome.OK
 
-        return Session.of(await self._transition(current.id, apply))
+        return Session.of(await self._transition(user_id, current.id, apply))
 
     async def close(self, user_id: str, session_id: str) -> Session:
         """Close the session; closing a closed one (tombstone or not) changes nothing."""
@@ -311,7 +309,7 @@ class SessionManager:
             row.end_reason = EndReason.CLOSED
             return row, _Outcome.CLOSED_NOW
 
-        return Session.of(await self._transition(session_id, end))
+        return Session.of(await self._transition(user_id, session_id, end))
 
     async def expire(self, user_id: str, session_id: str) -> Session:
         """End the session now as expired, as if its time were up (an operator's decision):
@@ -324,7 +322,7 @@ class SessionManager:
                 row.expires_at = now
             return self._ended(row, now)
 
-        return Session.of(await self._transition(session_id, end_now, raise_ended=False))
+        return Session.of(await self._transition(user_id, session_id, end_now, raise_ended=False))
 
     async def expire_due(self, limit: int) -> list[Session]:
         """One batch of the reaper: expire up to `limit` live sessions whose time is up, the
@@ -399,6 +397,7 @@ class SessionManager:
 
     async def _modify(
         self,
+        user_id: str,
         session_id: str,
         mutate: Callable[[SessionRow | None], tuple[SessionRow | None, _Outcome]],
     ) -> _Modified:
@@ -419,12 +418,13 @@ class SessionManager:
                 ending, changed = row, _cleaned(row, self.clock.now())
             return changed, outcome
 
-        async with self._locks.hold(session_id):
-            row, outcome = await self.store.modify_session(session_id, apply)
+        async with self._locks.hold(f"{session_id}/{user_id}"):
+            row, outcome = await self.store.modify_session(user_id, session_id, apply)
         return _Modified(row, ending, outcome)
 
     async def _transition(
         self,
+        user_id: str,
         session_id: str,
         change: Callable[[SessionRow, datetime], tuple[SessionRow | None, _Outcome] | None],
         *,
@@ -438,7 +438,7 @@ class SessionManager:
             result = change(row, now)
             return result if result is not None else (None, _Outcome.OK)
 
-        result = await self._modify(session_id, guarded)
+        result = await self._modify(user_id, session_id, guarded)
         await self._settle(result, session_id, raise_ended=raise_ended)
         assert result.row is not None
         return result.row

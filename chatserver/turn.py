@@ -384,7 +384,9 @@ class TurnRunner:
 
     async def _record_turn(self, context: RequestContext, thread_id: str) -> None:
         try:
-            context.session = await self.sessions.record_turn(context.session.id, thread_id)
+            context.session = await self.sessions.record_turn(
+                context.user_id, context.session.id, thread_id
+            )
         except ChatServerError as exc:
             # The session ended while the turn waited in the queue; the turn still runs for
             # the thread, which outlives sessions.

@@ -20,12 +20,15 @@ from chatserver.http.bodies import read_body
 from chatserver.http.errors import invalid_request
 from chatserver.http.services import Services
 from chatserver.http.sessions import requested_session_id, session_context
-from chatserver.http.sse import parse_cursor, sse_response
+from chatserver.http.sse import SessionKey, parse_cursor, sse_response
+from chatserver.http.validation import require_id, require_text
+from chatserver.ids import IdKind
 from chatserver.server import RunHandle, thread_metadata
 from chatserver.sessions import RequestContext
 from chatserver.types import (
     AttachmentsCreateRequest,
     AttachmentsDeleteRequest,
+    ChatKitRequest,
     HiddenContextItem,
     InputTranscribeRequest,
     ItemsFeedbackRequest,
@@ -92,11 +95,18 @@ class ChatKitEndpoint:
 
     async def handle(self, request: Request) -> Response:
         user_id = await self._services.authenticate(request)
-        body = await read_body(request, self._services.settings.max_body_bytes)
+        settings = self._services.settings
+        body = await read_body(
+            request,
+            limit=settings.max_body_bytes,
+            deadline_seconds=settings.body_read_timeout_seconds,
+        )
         try:
             chatkit_request = parse_request(body)
         except ValidationError as exc:
             raise invalid_request(exc) from None
+        # Checked before anything is read or written: malformed ids are a 400, never a lookup.
+        _check_request(chatkit_request)
         if is_streaming(chatkit_request):
             options = RunOptions.of(request)
             if self._services.streams.closing:
@@ -226,9 +236,44 @@ class ChatKitEndpoint:
         # a stale cursor from an earlier run cannot reach before this run's first event.
         after = max(options.cursor or 0, handle.start_seq)
         stream = self._services.streams.open(
-            self._server.stream_run(handle, after), session_id=context.session.id
+            self._server.stream_run(handle, after),
+            session=SessionKey(context.user_id, context.session.id),
         )
         return sse_response(stream, self._services.settings.heartbeat_seconds)
+
+
+def _check_request(req: ChatKitRequest) -> None:
+    """Ids and stored text of the requests we serve (the rest are refused as unsupported)."""
+    match req:
+        case ThreadsAddUserMessageRequest() | ThreadsGetByIdRequest() | ThreadsDeleteRequest():
+            require_id(IdKind.THREAD, req.params.thread_id, "thread_id")
+        case ThreadsRetryAfterItemRequest():
+            require_id(IdKind.THREAD, req.params.thread_id, "thread_id")
+            require_id(IdKind.ITEM, req.params.item_id, "item_id")
+        case ThreadsListRequest():
+            if req.params.after is not None:
+                require_id(IdKind.THREAD, req.params.after, "after")
+        case ItemsListRequest():
+            require_id(IdKind.THREAD, req.params.thread_id, "thread_id")
+            if req.params.after is not None:
+                require_id(IdKind.ITEM, req.params.after, "after")
+        case ThreadsUpdateRequest():
+            require_id(IdKind.THREAD, req.params.thread_id, "thread_id")
+            require_text(req.params.title, "title")
+        case (
+            ThreadsCreateRequest()
+            | ThreadsCustomActionRequest()
+            | ThreadsAddClientToolOutputRequest()
+            | ThreadsAddStructuredInputRequest()
+            | ThreadsSyncCustomActionRequest()
+            | ItemsFeedbackRequest()
+            | AttachmentsCreateRequest()
+            | AttachmentsDeleteRequest()
+            | InputTranscribeRequest()
+        ):
+            pass
+        case _:
+            assert_never(req)
 
 
 def _not_supported(request_type: str) -> BadRequest:

@@ -26,6 +26,7 @@ STATUS_BY_CODE: Final[Mapping[ErrorCode, int]] = MappingProxyType(
         ErrorCode.UNKNOWN_POLICY: 400,
         ErrorCode.NOT_SUPPORTED: 400,
         ErrorCode.PAYLOAD_TOO_LARGE: 413,
+        ErrorCode.REQUEST_TIMEOUT: 408,
         ErrorCode.NOT_FOUND: 404,
         ErrorCode.SESSION_NOT_FOUND: 404,
         ErrorCode.THREAD_NOT_FOUND: 404,
@@ -48,6 +49,15 @@ STATUS_BY_CODE: Final[Mapping[ErrorCode, int]] = MappingProxyType(
         ErrorCode.MODEL_NOT_FOUND: 502,
         ErrorCode.MODEL_UNAVAILABLE: 502,
         ErrorCode.MODEL_REQUEST_REJECTED: 502,
+    }
+)
+
+# Headers some refusals need: how to authenticate; and that a connection whose body never
+# arrived is not reused (its unread bytes would be taken for the next request).
+_HEADERS_BY_CODE: Final[Mapping[ErrorCode, Mapping[str, str]]] = MappingProxyType(
+    {
+        ErrorCode.UNAUTHORIZED: {"WWW-Authenticate": "Bearer"},
+        ErrorCode.REQUEST_TIMEOUT: {"Connection": "close"},
     }
 )
 
@@ -84,7 +94,7 @@ def invalid_request(exc: ValidationError) -> BadRequest:
 
 async def on_chatserver_error(_request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ChatServerError)
-    return error_response(exc.code, exc.message)
+    return error_response(exc.code, exc.message, headers=_HEADERS_BY_CODE.get(exc.code))
 
 
 async def on_http_exception(_request: Request, exc: Exception) -> Response:

@@ -83,26 +83,29 @@ def build_schema() -> dict[str, Any]:
                 "post": {
                     "summary": "Create a session",
                     "requestBody": session_body,
-                    "responses": {"201": _session_response("created"), **_errors(400, 401)},
+                    "responses": {"201": _session_response("created"), **_errors(400, 401, 408)},
                 }
             },
             "/sessions/{session_id}": {
                 "parameters": [_SESSION_ID],
                 "get": {
                     "summary": "A session as it is (expired and closed ones too)",
-                    "responses": {"200": _session_response("the session"), **_errors(401, 404)},
+                    "responses": {
+                        "200": _session_response("the session"),
+                        **_errors(400, 401, 404),
+                    },
                 },
                 "patch": {
                     "summary": "Merge metadata (policy, tab strategy); recomputes expiry",
                     "requestBody": patch_body,
                     "responses": {
                         "200": _session_response("updated"),
-                        **_errors(400, 401, 404),
+                        **_errors(400, 401, 404, 408),
                     },
                 },
                 "delete": {
                     "summary": "Close the session",
-                    "responses": {"200": _session_response("closed"), **_errors(401, 404)},
+                    "responses": {"200": _session_response("closed"), **_errors(400, 401, 404)},
                 },
             },
             "/threads/{thread_id}/events": {"get": _EVENTS},
@@ -117,7 +120,7 @@ def build_schema() -> dict[str, Any]:
                                 {"type": "object", "properties": {"stopped": {"type": "boolean"}}}
                             ),
                         },
-                        **_errors(401, 404),
+                        **_errors(400, 401, 404),
                     },
                 }
             },

@@ -15,8 +15,10 @@ from starlette.responses import Response
 from chatserver.http.bodies import parse_body, read_body
 from chatserver.http.middleware import add_response_header
 from chatserver.http.services import Services
+from chatserver.http.validation import require_id, require_storable
+from chatserver.ids import IdKind
 from chatserver.sessions import RequestContext, Session
-from chatserver.tabs import check_tab_id, check_tab_strategy, tab_context
+from chatserver.tabs import TAB_STRATEGIES, check_tab_id, check_tab_strategy, tab_context
 
 SESSION_HEADER = "X-Session-Id"
 TAB_HEADER = "X-Tab-Id"
@@ -54,23 +56,63 @@ class SessionPublic(BaseModel):
         )
 
 
+# The metadata keys the server reads; any other key is the application's, kept as given.
+METADATA_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": (
+        "Free-form JSON, kept with the session. The server reads three keys; keys and string "
+        "values must not contain U+0000."
+    ),
+    "properties": {
+        "timeout_policy": {
+            "type": "string",
+            "enum": ["aggressive", "standard", "lenient", "persistent"],
+            "description": (
+                "Idle time before the session expires: aggressive 10 min, standard 30 min "
+                "(default), lenient 4 h, persistent 7 days (durations configurable)."
+            ),
+        },
+        "timeout_seconds": {
+            "type": "integer",
+            "description": (
+                "A custom idle timeout in seconds, within the server's bounds (default 60 s to "
+                "30 days); wins over timeout_policy."
+            ),
+        },
+        "tab_strategy": {
+            "type": "string",
+            "enum": list(TAB_STRATEGIES),
+            "description": (
+                "How tabs naming this session share it: shared (default) - every tab streams; "
+                "per_tab - the client gives each tab its own session, this one is not shared; "
+                "active_tab_wins - a tab opening the thread stream ends the session's older "
+                "tab streams with a session.superseded event."
+            ),
+        },
+    },
+    "additionalProperties": True,
+}
+
+
 class SessionCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: dict[str, Any] = Field(default_factory=dict, json_schema_extra=METADATA_SCHEMA)
 
 
 class SessionPatch(BaseModel):
     """Merged into the session's metadata (a `null` value removes that key)."""
 
     model_config = ConfigDict(extra="forbid")
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: dict[str, Any] = Field(default_factory=dict, json_schema_extra=METADATA_SCHEMA)
 
 
 def requested_session_id(request: Request, *, allow_query: bool = False) -> str | None:
     session_id = request.headers.get(SESSION_HEADER)
     if session_id is None and allow_query:
         session_id = request.query_params.get("session_id")
-    return session_id
+    if session_id is None:
+        return None
+    return require_id(IdKind.SESSION, session_id, "session id")
 
 
 def requested_tab_id(request: Request, *, allow_query: bool = False) -> str | None:
@@ -106,6 +148,15 @@ async def session_context(
     return tab
 
 
+def _check_metadata(metadata: Mapping[str, Any]) -> None:
+    require_storable(metadata)
+    check_tab_strategy(metadata)
+
+
+def _path_session_id(request: Request) -> str:
+    return require_id(IdKind.SESSION, request.path_params["session_id"], "session id")
+
+
 def _json(session: Session, status: int = 200) -> Response:
     return Response(
         SessionPublic.of(session).model_dump_json(),
@@ -122,25 +173,30 @@ class SessionEndpoints:
     async def create(self, request: Request) -> Response:
         user_id = await self._services.authenticate(request)
         body = parse_body(SessionCreate, await self._body(request))
-        check_tab_strategy(body.metadata)
+        _check_metadata(body.metadata)
         context = await self._sessions.context(user_id, None, body.metadata)
         add_response_header(request, SESSION_HEADER, context.session.id)
         return _json(context.session, status=201)
 
     async def get(self, request: Request) -> Response:
         user_id = await self._services.authenticate(request)
-        return _json(await self._sessions.get(user_id, request.path_params["session_id"]))
+        return _json(await self._sessions.get(user_id, _path_session_id(request)))
 
     async def update(self, request: Request) -> Response:
         user_id = await self._services.authenticate(request)
+        session_id = _path_session_id(request)
         patch = parse_body(SessionPatch, await self._body(request))
-        check_tab_strategy(patch.metadata)
-        session_id = request.path_params["session_id"]
+        _check_metadata(patch.metadata)
         return _json(await self._sessions.update(user_id, session_id, patch.metadata, merge=True))
 
     async def close(self, request: Request) -> Response:
         user_id = await self._services.authenticate(request)
-        return _json(await self._sessions.close(user_id, request.path_params["session_id"]))
+        return _json(await self._sessions.close(user_id, _path_session_id(request)))
 
     async def _body(self, request: Request) -> bytes:
-        return await read_body(request, self._services.settings.max_body_bytes)
+        settings = self._services.settings
+        return await read_body(
+            request,
+            limit=settings.max_body_bytes,
+            deadline_seconds=settings.body_read_timeout_seconds,
+        )

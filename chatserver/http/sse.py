@@ -21,6 +21,7 @@ import logging
 import re
 from collections.abc import AsyncIterator
 from contextlib import suppress
+from typing import NamedTuple
 
 import anyio
 from pydantic import BaseModel
@@ -72,11 +73,11 @@ class OpenStream:
         registry: StreamRegistry,
         source: AsyncIterator[StoredEvent],
         *,
-        session_id: str | None,
+        session: SessionKey | None,
         is_tab: bool,
         takes_over: bool,
     ) -> None:
-        self.session_id = session_id
+        self.session = session
         # A tab's long-lived stream, which a newer tab of its session may supersede; a run's
         # answer to a POST is not a tab and is never superseded.
         self.is_tab = is_tab
@@ -156,46 +157,55 @@ class OpenStream:
         self._registry.close_all()
 
 
+class SessionKey(NamedTuple):
+    """Session ids are unique per user only: two users' sessions may share an id."""
+
+    user_id: str
+    session_id: str
+
+
 class StreamRegistry:
     """The app's open streams, by session: bounded by what is open, entries leave on close."""
 
     def __init__(self) -> None:
         self.closing = False
         self._open: dict[OpenStream, None] = {}
-        self._by_session: dict[str, dict[OpenStream, None]] = {}
+        self._by_session: dict[SessionKey, dict[OpenStream, None]] = {}
 
     def open(
         self,
         source: AsyncIterator[StoredEvent],
         *,
-        session_id: str | None,
+        session: SessionKey | None,
         is_tab: bool = False,
         takes_over: bool = False,
     ) -> OpenStream:
-        return OpenStream(self, source, session_id=session_id, is_tab=is_tab, takes_over=takes_over)
+        return OpenStream(self, source, session=session, is_tab=is_tab, takes_over=takes_over)
 
     def add(self, stream: OpenStream) -> None:
         if self.closing:
             stream.end()
             return
-        if stream.takes_over and stream.session_id is not None:
-            farewell = encode_unnumbered(SessionSupersededEvent(session_id=stream.session_id))
-            for older in list(self._by_session.get(stream.session_id, ())):
+        if stream.takes_over and stream.session is not None:
+            farewell = encode_unnumbered(
+                SessionSupersededEvent(session_id=stream.session.session_id)
+            )
+            for older in list(self._by_session.get(stream.session, ())):
                 if older.is_tab:
                     older.end(farewell)
         self._open[stream] = None
-        if stream.session_id is not None:
-            self._by_session.setdefault(stream.session_id, {})[stream] = None
+        if stream.session is not None:
+            self._by_session.setdefault(stream.session, {})[stream] = None
 
     def discard(self, stream: OpenStream) -> None:
         self._open.pop(stream, None)
-        if stream.session_id is None:
+        if stream.session is None:
             return
-        streams = self._by_session.get(stream.session_id)
+        streams = self._by_session.get(stream.session)
         if streams is not None:
             streams.pop(stream, None)
             if not streams:
-                del self._by_session[stream.session_id]
+                del self._by_session[stream.session]
 
     def close_all(self) -> None:
         """Shutdown: end every open stream now and refuse new ones."""

@@ -9,7 +9,9 @@ from starlette.responses import JSONResponse, Response
 from chatserver.errors import ServiceUnavailable
 from chatserver.http.services import Services
 from chatserver.http.sessions import requested_session_id, session_context
-from chatserver.http.sse import parse_cursor, sse_response
+from chatserver.http.sse import SessionKey, parse_cursor, sse_response
+from chatserver.http.validation import require_id
+from chatserver.ids import IdKind
 from chatserver.tabs import tab_strategy
 
 
@@ -23,7 +25,7 @@ class ThreadEndpoints:
         leaves. The header wins over `?after=`: EventSource sends it on reconnect, newer than
         the URL it was opened with."""
         user_id = await self._services.authenticate(request)
-        thread_id = request.path_params["thread_id"]
+        thread_id = require_id(IdKind.THREAD, request.path_params["thread_id"], "thread id")
         cursor = parse_cursor(request.headers.get("last-event-id"), "Last-Event-ID")
         if cursor is None:
             cursor = parse_cursor(request.query_params.get("after"), "after")
@@ -41,7 +43,7 @@ class ThreadEndpoints:
             raise ServiceUnavailable("the server is shutting down; reconnect shortly")
         stream = self._services.streams.open(
             self._server.subscribe(thread_id, cursor or 0),
-            session_id=None if session is None else session.id,
+            session=None if session is None else SessionKey(user_id, session.id),
             is_tab=True,
             takes_over=session is not None and tab_strategy(session) == "active_tab_wins",
         )
@@ -49,5 +51,6 @@ class ThreadEndpoints:
 
     async def stop(self, request: Request) -> Response:
         user_id = await self._services.authenticate(request)
-        stopped = await self._server.stop(user_id, request.path_params["thread_id"])
+        thread_id = require_id(IdKind.THREAD, request.path_params["thread_id"], "thread id")
+        stopped = await self._server.stop(user_id, thread_id)
         return JSONResponse({"stopped": stopped})

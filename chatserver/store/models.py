@@ -87,15 +87,20 @@ def _partial_index(name: str, column: str, where: str) -> sa.Index:
 
 
 class SessionRow(SQLModel, table=True):
+    """A session is its user's: ids are unique per user, so an id one user chose (the widget
+    picks its own) is never taken from another. The key leads with `user_id`, which also
+    serves the queries by user."""
+
     __tablename__ = "sessions"
     __table_args__ = (
+        sa.PrimaryKeyConstraint("user_id", "id"),
         # The reaper's queues: live sessions by expiry, ended ones by when they ended.
         _partial_index("ix_sessions_due", "expires_at", LIVE_STATES_SQL),
         _partial_index("ix_sessions_ended", "ended_at", ENDED_STATES_SQL),
     )
 
-    id: str = Field(primary_key=True, max_length=80)
-    user_id: str = Field(index=True, max_length=200)
+    id: str = Field(max_length=80)
+    user_id: str = Field(max_length=200)
     state: str = Field(max_length=20)
     timeout_policy: str = Field(max_length=40)
     timeout_seconds: int
@@ -198,6 +203,17 @@ class RunRow(SQLModel, table=True):
     finished_at: datetime | None = _utc_column(nullable=True)
 
 
+class SecretRow(SQLModel, table=True):
+    """Server-wide secrets every instance shares, such as the key that signs anonymous-user
+    cookies when none is configured."""
+
+    __tablename__ = "server_secrets"
+
+    name: str = Field(primary_key=True, max_length=80)
+    value: str = Field(max_length=200)
+    created_at: datetime = _utc_column()
+
+
 def table(model: type[SQLModel]) -> sa.Table:
     result = model.__table__  # type: ignore[attr-defined]
     assert isinstance(result, sa.Table)
@@ -209,3 +225,5 @@ threads = table(ThreadRow)
 items = table(ItemRow)
 events = table(EventRow)
 runs = table(RunRow)
+server_secrets = table(SecretRow)
+ALL_TABLES = (sessions, threads, items, events, runs, server_secrets)

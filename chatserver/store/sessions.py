@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection
 from datetime import datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
@@ -17,13 +17,18 @@ Outcome = TypeVar("Outcome")
 
 
 class SessionStore(Database):
+    """A session is keyed by its user and its id: ids are unique per user only, so an id one
+    user chose is never taken from another."""
+
     @whole
     async def insert_session(self, row: SessionRow) -> None:
-        async with self.write(row.id) as conn:
+        async with self.write(_session_lock(row.user_id, row.id)) as conn:
             await conn.execute(sa.insert(models.sessions).values(**row.model_dump()))
 
-    async def get_session(self, session_id: str) -> SessionRow | None:
-        return await self._get(models.sessions, SessionRow, session_id)
+    async def get_session(self, user_id: str, session_id: str) -> SessionRow | None:
+        async with self.read() as conn:
+            found = (await conn.execute(_select_session(user_id, session_id))).first()
+            return as_row(SessionRow, found) if found else None
 
     async def latest_live_session(
         self, user_id: str, now: datetime, states: Collection[SessionState]
@@ -43,6 +48,7 @@ class SessionStore(Database):
     @whole
     async def modify_session(
         self,
+        user_id: str,
         session_id: str,
         mutate: Callable[[SessionRow | None], tuple[SessionRow | None, Outcome]],
     ) -> tuple[SessionRow | None, Outcome]:
@@ -54,8 +60,8 @@ class SessionStore(Database):
         s = models.sessions
         # FOR UPDATE on PostgreSQL: a reaper's batch (SKIP LOCKED) steps over a session a
         # request holds, and a request waits for a batch that holds it, then sees its result.
-        current_row = sa.select(s).where(s.c.id == session_id).with_for_update()
-        async with self.write(session_id) as conn:
+        current_row = _select_session(user_id, session_id).with_for_update()
+        async with self.write(_session_lock(user_id, session_id)) as conn:
             found = (await conn.execute(current_row)).first()
             current = as_row(SessionRow, found) if found else None
             updated, outcome = mutate(current.model_copy() if current else None)
@@ -65,7 +71,18 @@ class SessionStore(Database):
             if current is None:
                 await conn.execute(sa.insert(s).values(**values))
                 return updated, outcome
-            values.pop("id")
+            del values["id"], values["user_id"]
             values["version"] = current.version + 1
-            await conn.execute(sa.update(s).where(s.c.id == session_id).values(**values))
+            await conn.execute(
+                sa.update(s).where(s.c.user_id == user_id, s.c.id == session_id).values(**values)
+            )
             return updated.model_copy(update={"version": current.version + 1}), outcome
+
+
+def _session_lock(user_id: str, session_id: str) -> str:
+    return f"{session_id}/{user_id}"
+
+
+def _select_session(user_id: str, session_id: str) -> sa.Select[Any]:
+    s = models.sessions
+    return sa.select(s).where(s.c.user_id == user_id, s.c.id == session_id)

@@ -54,7 +54,7 @@ async def timeout_of(
 ) -> tuple[str, int]:
     """The policy and timeout of a session created with `metadata`, as stored."""
     session = (await manager.context(USER, None, metadata)).session
-    row = await manager.store.get_session(session.id)
+    row = await manager.store.get_session(USER, session.id)
     assert row is not None
     assert row.expires_at == row.last_activity_at + timedelta(seconds=row.timeout_seconds)
     return row.timeout_policy, row.timeout_seconds
@@ -210,7 +210,7 @@ async def test_update_with_bad_metadata_is_refused_and_changes_nothing(
     assert await error_code(manager.update(USER, session.id, {"timeout_seconds": 1})) == (
         ErrorCode.INVALID_REQUEST
     )
-    row = await store.get_session(session.id)
+    row = await store.get_session(USER, session.id)
     assert row is not None
     assert (row.timeout_policy, row.meta, row.version) == (
         "lenient",

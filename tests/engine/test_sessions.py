@@ -113,7 +113,7 @@ async def session_count(store: Store) -> int:
 
 
 async def stored(store: Store, session_id: str) -> SessionRow:
-    row = await store.get_session(session_id)
+    row = await store.get_session(USER, session_id)
     assert row is not None
     return row
 
@@ -162,6 +162,32 @@ async def test_two_server_processes_racing_on_one_client_session_id_create_one_s
         assert (await stored(store, session_id)).version == 50
     finally:
         await other_store.close()
+
+
+async def test_a_session_id_another_user_took_first_is_still_free_for_each_user(
+    store: Store, clock: ManualClock
+) -> None:
+    manager = make_manager(store, clock)
+    chosen = "ses_alicefuture01"
+    squatter = (await manager.context("bob", chosen, {"timeout_policy": "lenient"})).session
+    await manager.close("bob", chosen)
+
+    alice = (await manager.context("alice", chosen)).session
+    clock.advance(1)
+    again = (await manager.context("alice", chosen)).session
+
+    assert (alice.id, alice.user_id, alice.state, alice.timeout_policy) == (
+        chosen,
+        "alice",
+        "created",
+        "standard",
+    )
+    assert (again.user_id, again.version) == ("alice", 2)
+    assert (await manager.get("bob", chosen)).state == "closed"
+    assert (await manager.get("alice", chosen)).state == "created"
+    assert await error_code(manager.get("carol", chosen)) == ErrorCode.SESSION_NOT_FOUND
+    assert squatter.user_id == "bob"
+    assert await session_count(store) == 2
 
 
 # -- sliding expiry per policy ------------------------------------------------------------------
@@ -243,18 +269,18 @@ async def test_record_turn_makes_the_session_active_on_the_thread_and_counts_tur
     session_id = (await manager.context(USER, None)).session.id
     thread_id = new_id(IdKind.THREAD)
 
-    row = await manager.record_turn(session_id, thread_id)
+    row = await manager.record_turn(USER, session_id, thread_id)
     assert (row.state, row.turn_count, row.thread_id) == ("active", 1, thread_id)
 
     clock.advance(10 * 60)
-    row = await manager.record_turn(session_id, thread_id)
+    row = await manager.record_turn(USER, session_id, thread_id)
     assert (row.turn_count, row.last_activity_at) == (2, clock.now())
     assert row.expires_at == clock.now() + timedelta(seconds=30 * 60)
 
     clock.advance(5 * 60)
     row = (await manager.context(USER, session_id)).session
     assert (row.state, row.resume_count) == ("resumed", 1)
-    await manager.record_turn(session_id, thread_id)
+    await manager.record_turn(USER, session_id, thread_id)
 
     row = await stored(store, session_id)
     assert (row.state, row.turn_count, row.resume_count, row.thread_id) == (
@@ -272,7 +298,7 @@ async def test_record_turn_on_an_expired_session_is_refused(
     session_id = (await manager.context(USER, None, {"timeout_policy": "aggressive"})).session.id
     clock.advance(10 * 60)
 
-    assert await error_code(manager.record_turn(session_id, new_id(IdKind.THREAD))) == (
+    assert await error_code(manager.record_turn(USER, session_id, new_id(IdKind.THREAD))) == (
         ErrorCode.SESSION_EXPIRED
     )
     assert (await stored(store, session_id)).turn_count == 0
@@ -365,7 +391,7 @@ async def test_closed_session_refuses_context_with_session_closed(
     assert (row.state, row.ended_at) == ("closed", clock.now())
 
     assert await error_code(manager.context(USER, session_id)) == ErrorCode.SESSION_CLOSED
-    assert await error_code(manager.record_turn(session_id, new_id(IdKind.THREAD))) == (
+    assert await error_code(manager.record_turn(USER, session_id, new_id(IdKind.THREAD))) == (
         ErrorCode.SESSION_CLOSED
     )
     assert (await manager.close(USER, session_id)).state == "closed"  # closing again is a no-op
@@ -460,7 +486,7 @@ async def test_expiry_listener_sees_the_session_as_it_was_under_every_cleanup_st
         manager = make_manager(store, clock, cleanup_strategy=strategy)
         endings = Endings().listen(manager)
         session_id = (await manager.context(USER, None, metadata)).session.id
-        await manager.record_turn(session_id, thread_id)
+        await manager.record_turn(USER, session_id, thread_id)
         clock.advance(10 * 60)
         await error_code(manager.context(USER, session_id))
         [seen[strategy]] = endings.expired
@@ -477,7 +503,7 @@ async def test_expiry_listener_sees_the_session_as_it_was_under_every_cleanup_st
 # -- identity and id format --------------------------------------------------------------------
 
 
-async def test_another_users_session_id_is_not_found_and_reveals_nothing(
+async def test_another_users_session_id_is_a_free_id_and_reveals_nothing(
     store: Store, clock: ManualClock
 ) -> None:
     manager = make_manager(store, clock)
@@ -486,7 +512,6 @@ async def test_another_users_session_id_is_not_found_and_reveals_nothing(
     before = (await manager.context(USER, session_id, {"timeout_policy": "aggressive"})).session
     missing = client_session_id()
 
-    assert await error_code(manager.context("mallory", session_id)) == (ErrorCode.SESSION_NOT_FOUND)
     # The other calls answer exactly as for an id nobody has.
     for target in (session_id, missing):
         assert await error_code(manager.get("mallory", target)) == ErrorCode.SESSION_NOT_FOUND
@@ -494,19 +519,21 @@ async def test_another_users_session_id_is_not_found_and_reveals_nothing(
             ErrorCode.SESSION_NOT_FOUND
         )
         assert await error_code(manager.close("mallory", target)) == (ErrorCode.SESSION_NOT_FOUND)
-    # Not even its expiry or its closing shows through.
+    # Using it makes mallory a session of her own, which neither its expiry nor its closing
+    # shows through.
     clock.advance(10 * 60)
-    assert await error_code(manager.context("mallory", session_id)) == (ErrorCode.SESSION_NOT_FOUND)
-    assert await error_code(manager.close("mallory", session_id)) == ErrorCode.SESSION_NOT_FOUND
+    mine = (await manager.context("mallory", session_id)).session
+    assert (mine.user_id, mine.state, mine.timeout_policy) == ("mallory", "created", "standard")
+    assert (await manager.close("mallory", session_id)).state == "closed"
 
-    assert await session_count(store) == 1
+    assert await session_count(store) == 2
     after = await stored(store, session_id)
     assert (after.user_id, after.version, after.last_activity_at) == (
         USER,
         before.version,
         before.last_activity_at,
     )
-    assert endings.closed == []
+    assert [row.user_id for row in endings.closed] == ["mallory"]
 
 
 @pytest.mark.parametrize(
@@ -555,7 +582,7 @@ async def expire_one(
 ) -> tuple[str, ErrorCode]:
     metadata = {"timeout_policy": "aggressive", "tab_strategy": "shared"}
     session_id = (await manager.context(USER, client_session_id(), metadata)).session.id
-    await manager.record_turn(session_id, thread_id)
+    await manager.record_turn(USER, session_id, thread_id)
     clock.advance(10 * 60 + 1)
     return session_id, await error_code(manager.context(USER, session_id))
 

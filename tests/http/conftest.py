@@ -11,6 +11,7 @@ from http_harness import TOKENS, ControlledEcho, LiveServer, RunningApp
 from chatserver.app import create_app
 from chatserver.clock import ManualClock
 from chatserver.config import Settings
+from chatserver.http.serving import uvicorn_config
 from chatserver.store import Store
 
 StartServer = Callable[..., Awaitable[LiveServer]]
@@ -21,7 +22,8 @@ async def start_server(database_url: str) -> AsyncIterator[StartServer]:
     """Start a server with some settings changed; every one started is stopped afterwards."""
     started: list[LiveServer] = []
 
-    async def start(**overrides: Any) -> LiveServer:
+    async def start(*, as_served: bool = False, **overrides: Any) -> LiveServer:
+        """`as_served`: with the uvicorn configuration `chatserver serve` uses."""
         options: dict[str, Any] = {
             "database_url": database_url,
             "bearer_tokens": ",".join(f"{token}:{user}" for user, token in TOKENS.items()),
@@ -33,7 +35,11 @@ async def start_server(database_url: str) -> AsyncIterator[StartServer]:
         await store.create_schema()
         clock = ManualClock()
         chat = ControlledEcho(store, settings, clock=clock)
-        running = await RunningApp.start(create_app(chat, settings))
+        app = create_app(chat, settings)
+        config = None
+        if as_served:
+            config = uvicorn_config(app, settings, host="127.0.0.1", port=0, log_level="warning")
+        running = await RunningApp.start(app, config)
         live = LiveServer(running, chat, store, clock, settings)
         started.append(live)
         return live

@@ -77,8 +77,12 @@ class RunningApp:
     base_url: str
 
     @classmethod
-    async def start(cls, app: Starlette) -> RunningApp:
-        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+    async def start(cls, app: Starlette, config: uvicorn.Config | None = None) -> RunningApp:
+        """Serve `app` on a free port; `config` (for that app) replaces the plain default."""
+        if config is None:
+            config = uvicorn.Config(
+                app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"
+            )
         server = uvicorn.Server(config)
         task = asyncio.create_task(server.serve(), name="uvicorn")
         await eventually(lambda: server.started or task.done(), within=15)

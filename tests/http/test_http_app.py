@@ -6,6 +6,7 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 from http_harness import RunningApp, SseReader, create_thread, request
 from starlette.requests import Request
@@ -13,6 +14,7 @@ from starlette.requests import Request
 from chatserver.app import create_app, create_default_app
 from chatserver.config import Settings
 from chatserver.errors import Unauthorized
+from chatserver.responders.echo import EchoChatServer
 from chatserver.store import Store
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "echo_server.py"
@@ -73,3 +75,18 @@ def _load_example() -> Any:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+async def test_an_app_on_an_unmigrated_database_refuses_to_start_saying_to_migrate(
+    empty_database_url: str,
+) -> None:
+    store = Store(empty_database_url)
+    app = create_app(EchoChatServer(store, Settings(database_url=empty_database_url)))
+
+    with pytest.raises(RuntimeError) as refused:
+        async with app.router.lifespan_context(app):
+            pass
+
+    assert str(refused.value) == (
+        "the database has no chatserver schema yet: run `chatserver migrate` first"
+    )

@@ -22,6 +22,7 @@ from http_harness import (
 
 from chatserver.errors import ErrorCode
 from chatserver.http.errors import STATUS_BY_CODE
+from chatserver.ids import IdKind, new_id
 from chatserver.store import Store, StoredEvent, models
 
 MAX_BODY = 1024
@@ -57,12 +58,15 @@ def creating(content: Any) -> dict[str, Any]:
     return {"type": "threads.create", "params": {"input": {"content": content}}}
 
 
-def bad_inputs(thread_id: str) -> list[Case]:
+def bad_inputs(thread_id: str, item_id: str) -> list[Case]:
     create = create_thread("x")
     message = add_message(thread_id, "x")
     events = f"/threads/{thread_id}/events"
     unknown_session = "/sessions/ses_unknown-000000"
+    missing_thread = new_id(IdKind.THREAD)
     return [
+        *malformed_ids(thread_id, item_id),
+        *unstorable_text(thread_id),
         raw("invalid json", 400, "invalid_json", b'{"type": '),
         raw("empty body", 400, "invalid_json", b""),
         chatkit("json array", 400, "invalid_request", []),
@@ -108,28 +112,31 @@ def bad_inputs(thread_id: str) -> list[Case]:
             "missing thread",
             404,
             "thread_not_found",
-            request("threads.get_by_id", thread_id="thr_missing"),
+            request("threads.get_by_id", thread_id=missing_thread),
         ),
         chatkit(
-            "message to missing thread", 404, "thread_not_found", add_message("thr_missing", "x")
+            "message to missing thread",
+            404,
+            "thread_not_found",
+            add_message(missing_thread, "x"),
         ),
         chatkit(
             "items of missing thread",
             404,
             "thread_not_found",
-            request("items.list", thread_id="thr_missing"),
+            request("items.list", thread_id=missing_thread),
         ),
         chatkit(
             "delete missing thread",
             404,
             "thread_not_found",
-            request("threads.delete", thread_id="thr_missing"),
+            request("threads.delete", thread_id=missing_thread),
         ),
         chatkit(
             "retry after missing item",
             404,
             "item_not_found",
-            request("threads.retry_after_item", thread_id=thread_id, item_id="itm_missing"),
+            request("threads.retry_after_item", thread_id=thread_id, item_id=new_id(IdKind.ITEM)),
         ),
         chatkit(
             "custom action",
@@ -179,9 +186,15 @@ def bad_inputs(thread_id: str) -> list[Case]:
             404,
             "thread_not_found",
             "GET",
-            "/threads/thr_missing/events",
+            f"/threads/{missing_thread}/events",
         ),
-        Case("stop missing thread", 404, "thread_not_found", "POST", "/threads/thr_missing/stop"),
+        Case(
+            "stop missing thread",
+            404,
+            "thread_not_found",
+            "POST",
+            f"/threads/{missing_thread}/stop",
+        ),
         Case(
             "unknown policy",
             400,
@@ -214,8 +227,94 @@ def bad_inputs(thread_id: str) -> list[Case]:
     ]
 
 
+def malformed_ids(thread_id: str, item_id: str) -> list[Case]:
+    """One rule for every id a client sends: a malformed one is 400 invalid_id, on both
+    backends, NUL included (PostgreSQL failed on it with a 500)."""
+    with_nul = f"{thread_id}\x00"
+    item_with_nul = f"{item_id}\x00"
+
+    def by_id(name: str, body: Any) -> Case:
+        return chatkit(name, 400, "invalid_id", body)
+
+    return [
+        by_id("malformed thread id", request("threads.get_by_id", thread_id="thr_missing")),
+        by_id("thread id with NUL", request("threads.get_by_id", thread_id=with_nul)),
+        by_id("message to a malformed thread", add_message("thr_missing", "x")),
+        by_id("message to a thread id with NUL", add_message(with_nul, "x")),
+        by_id("items of a thread id with NUL", request("items.list", thread_id=with_nul)),
+        by_id("update of a malformed thread", request("threads.update", thread_id="x", title="t")),
+        by_id("delete of a thread id with NUL", request("threads.delete", thread_id=with_nul)),
+        by_id(
+            "retry after a malformed item",
+            request("threads.retry_after_item", thread_id=thread_id, item_id="itm_missing"),
+        ),
+        by_id(
+            "retry after an item id with NUL",
+            request("threads.retry_after_item", thread_id=thread_id, item_id=item_with_nul),
+        ),
+        by_id("threads cursor with NUL", request("threads.list", after=with_nul)),
+        by_id("threads cursor not a thread id", request("threads.list", after=item_id)),
+        by_id(
+            "items cursor with NUL",
+            request("items.list", thread_id=thread_id, after=item_with_nul),
+        ),
+        Case("events of a malformed thread", 400, "invalid_id", "GET", "/threads/thr_x/events"),
+        Case(
+            "events of a thread id with NUL",
+            400,
+            "invalid_id",
+            "GET",
+            f"/threads/{thread_id}%00/events",
+        ),
+        Case("stop of a malformed thread", 400, "invalid_id", "POST", "/threads/thr_x/stop"),
+        Case("session id with NUL", 400, "invalid_id", "GET", "/sessions/ses_abcdefgh%00"),
+        Case("patch a malformed session", 400, "invalid_id", "PATCH", "/sessions/x", json={}),
+        Case("close a malformed session", 400, "invalid_id", "DELETE", "/sessions/ses_"),
+    ]
+
+
+def unstorable_text(thread_id: str) -> list[Case]:
+    """PostgreSQL cannot store U+0000 in text or JSONB: refused on both backends alike."""
+    session = "/sessions/ses_unknown-000000"
+    return [
+        chatkit(
+            "title with NUL",
+            400,
+            "invalid_request",
+            request("threads.update", thread_id=thread_id, title="a\x00b"),
+        ),
+        Case(
+            "metadata key with NUL",
+            400,
+            "invalid_request",
+            path="/sessions",
+            json={"metadata": {"k\x00": 1}},
+        ),
+        Case(
+            "metadata value with NUL",
+            400,
+            "invalid_request",
+            path="/sessions",
+            json={"metadata": {"note": {"deep": ["ok", "a\x00"]}}},
+        ),
+        Case(
+            "patched metadata with NUL",
+            400,
+            "invalid_request",
+            "PATCH",
+            session,
+            json={"metadata": {"note": "\x00"}},
+        ),
+    ]
+
+
+def _message(answer: Any) -> Any:
+    # Whatever message an error carries; anything else fails the comparison whole.
+    return answer.get("error", {}).get("message") if isinstance(answer, dict) else None
+
+
 async def row_counts(store: Store) -> dict[str, int]:
-    tables = (models.threads, models.items, models.events, models.runs, models.sessions)
+    tables = models.ALL_TABLES
     async with store.read() as conn:
         return {
             table.name: int(await conn.scalar(sa.select(sa.func.count()).select_from(table)) or 0)
@@ -232,7 +331,8 @@ async def test_malformed_requests_are_4xx_json_errors_and_store_nothing(start_se
     client = live.client()
     session = (await client.post("/sessions", json={})).json()["id"]
     _, events = await stream(client, create_thread("keep me"), {"X-Session-Id": session})
-    cases = bad_inputs(thread_id_of(events))
+    item_id = next(e.payload["item"]["id"] for e in events if e.type == "thread.item.done")
+    cases = bad_inputs(thread_id_of(events), item_id)
     assert len(cases) >= 20
     before = await row_counts(live.store)
 
@@ -250,12 +350,27 @@ async def test_malformed_requests_are_4xx_json_errors_and_store_nothing(start_se
         expected = (
             case.status,
             "application/json",
-            {"error": {"code": case.code, "message": got[2]["error"]["message"]}},
+            {"error": {"code": case.code, "message": _message(got[2])}},
         )
         if got != expected:
             failures.append(f"{case.name}: {got}")
 
     assert failures == []
+    assert await row_counts(live.store) == before
+
+
+async def test_a_session_id_with_nul_in_the_events_query_is_400_and_stores_nothing(
+    live: LiveServer,
+) -> None:
+    client = live.client()
+    _, events = await stream(client, create_thread("hi"))
+    before = await row_counts(live.store)
+
+    answer = await client.get(
+        f"/threads/{thread_id_of(events)}/events", params={"session_id": "ses_abcdefgh\x00"}
+    )
+
+    assert (answer.status_code, answer.json()["error"]["code"]) == (400, "invalid_id")
     assert await row_counts(live.store) == before
 
 
@@ -269,6 +384,10 @@ async def test_another_users_ids_are_404_on_every_endpoint(live: LiveServer) -> 
     thread = {"thread_id": thread_id}
 
     attempts = [
+        # First: using alice's session id below makes bob a session of his own by that id.
+        bob.get(f"/sessions/{alice_session}"),
+        bob.patch(f"/sessions/{alice_session}", json={"metadata": {}}),
+        bob.delete(f"/sessions/{alice_session}"),
         bob.post("/chatkit", json=request("threads.get_by_id", **thread), headers=bob_session),
         bob.post("/chatkit", json=request("items.list", **thread), headers=bob_session),
         bob.post(
@@ -281,22 +400,26 @@ async def test_another_users_ids_are_404_on_every_endpoint(live: LiveServer) -> 
             json=request("threads.retry_after_item", item_id=item_id, **thread),
             headers=bob_session,
         ),
-        bob.post("/chatkit", json=request("threads.list"), headers={"X-Session-Id": alice_session}),
         bob.get(f"/threads/{thread_id}/events", headers=bob_session),
         bob.get(f"/threads/{thread_id}/events", params={"session_id": alice_session}),
         bob.post(f"/threads/{thread_id}/stop"),
-        bob.get(f"/sessions/{alice_session}"),
-        bob.patch(f"/sessions/{alice_session}", json={"metadata": {}}),
-        bob.delete(f"/sessions/{alice_session}"),
     ]
     for attempt in attempts:
         answer = await attempt
         assert answer.status_code == 404, (answer.request.url, answer.text)
         assert answer.json()["error"]["code"].endswith("not_found")
 
+    # Alice's session id names a session of bob's own for bob, never alice's.
+    listed = await bob.post(
+        "/chatkit", json=request("threads.list"), headers={"X-Session-Id": alice_session}
+    )
+    assert (listed.status_code, listed.json()["data"]) == (200, [])
+    assert (await bob.get(f"/sessions/{alice_session}")).json()["turn_count"] == 0
+
     still = await alice.post("/chatkit", json=request("items.list", **thread))
     assert len(still.json()["data"]) == 2
-    assert (await alice.get(f"/sessions/{alice_session}")).json()["state"] == "active"
+    alices = (await alice.get(f"/sessions/{alice_session}")).json()
+    assert (alices["state"], alices["turn_count"], alices["thread_id"]) == ("active", 1, thread_id)
 
 
 async def test_an_unexpected_error_is_a_bare_500(
@@ -348,6 +471,20 @@ async def test_health_readiness_and_openapi(
     not_ready = await client.get("/readyz")
     assert not_ready.status_code == 503
     assert not_ready.json()["error"]["code"] == "unavailable"
+
+
+async def test_openapi_describes_the_session_metadata_keys(live: LiveServer) -> None:
+    schema = (await live.client(user=None).get("/openapi.json")).json()["components"]["schemas"]
+
+    for body in ("SessionCreate", "SessionPatch"):
+        metadata = schema[body]["properties"]["metadata"]
+        keys = metadata["properties"]
+        assert set(keys) == {"timeout_policy", "timeout_seconds", "tab_strategy"}
+        assert keys["timeout_policy"]["enum"] == list(live.settings.policy_seconds())
+        assert keys["timeout_seconds"]["type"] == "integer"
+        assert keys["tab_strategy"]["enum"] == ["shared", "per_tab", "active_tab_wins"]
+        assert all(key["description"] for key in keys.values())
+        assert metadata["additionalProperties"] is True
 
 
 async def test_an_error_inside_a_running_stream_is_an_error_event(live: LiveServer) -> None:

@@ -7,7 +7,15 @@ import asyncio
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
-from http_harness import LiveServer, add_message, create_thread, request, stream, thread_id_of
+from http_harness import (
+    LiveServer,
+    SseReader,
+    add_message,
+    create_thread,
+    request,
+    stream,
+    thread_id_of,
+)
 
 from chatserver.store import models
 
@@ -147,3 +155,41 @@ async def test_an_unknown_bearer_token_is_401(live: LiveServer) -> None:
 
     assert answer.status_code == 401
     assert answer.json()["error"]["code"] == "unauthorized"
+
+
+async def test_a_session_id_bob_took_first_is_free_for_alice_and_neither_sees_the_other(
+    live: LiveServer,
+) -> None:
+    alice, bob = live.client("alice"), live.client("bob")
+    chosen = {"X-Session-Id": "ses_alicefuture01"}
+    url = "/sessions/ses_alicefuture01"
+    squat = await bob.post("/chatkit", json=request("threads.list"), headers=chosen)
+    await bob.patch(url, json={"metadata": {"tab_strategy": "active_tab_wins", "who": "bob"}})
+    _, bobs = await stream(bob, create_thread("bob here"), chosen)
+
+    _, events = await stream(alice, create_thread("alice here"), chosen)
+    thread_id = thread_id_of(events)
+    alices_view, bobs_view = (await alice.get(url)).json(), (await bob.get(url)).json()
+
+    assert squat.status_code == 200
+    assert (alices_view["metadata"], alices_view["turn_count"], alices_view["thread_id"]) == (
+        {},
+        1,
+        thread_id,
+    )
+    assert (bobs_view["metadata"], bobs_view["thread_id"]) == (
+        {"tab_strategy": "active_tab_wins", "who": "bob"},
+        thread_id_of(bobs),
+    )
+    # Bob's tab taking his session over leaves alice's tab of her session streaming.
+    bobs_events = f"/threads/{thread_id_of(bobs)}/events"
+    async with alice.stream("GET", f"/threads/{thread_id}/events", headers=chosen) as tab:
+        reader = SseReader(tab)
+        await reader.until_run_ends()
+        async with bob.stream("GET", bobs_events, headers=chosen) as bobs_tab:
+            await SseReader(bobs_tab).until_run_ends()
+            _, turn = await stream(alice, add_message(thread_id, "still mine"), chosen)
+            assert await reader.until_run_ends() == turn
+    closed = await bob.delete(url)
+    assert closed.json()["state"] == "closed"
+    assert (await alice.get(url)).json()["state"] == "active"

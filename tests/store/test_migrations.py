@@ -20,7 +20,7 @@ from chatserver.store import Store, migrations, models
 from chatserver.store.models import ThreadRow
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
-MODEL_TABLES = {"sessions", "threads", "items", "events", "runs"}
+MODEL_TABLES = {"sessions", "threads", "items", "events", "runs", "server_secrets"}
 
 
 def sync_url(url: str) -> sa.URL:
@@ -237,3 +237,67 @@ def test_0003_gives_ended_sessions_their_reason_and_the_reaper_partial_indexes(
         }
         assert "created" in str(where["ix_sessions_due"])
         assert "closed" in str(where["ix_sessions_ended"])
+
+
+def test_migrations_build_the_schema_the_table_models_create(empty_database_url: str) -> None:
+    engine = sa.create_engine(sync_url(empty_database_url))
+    try:
+        with engine.begin() as conn:
+            SQLModel.metadata.create_all(conn)
+        created = schema(empty_database_url)["tables"]
+        with engine.begin() as conn:
+            SQLModel.metadata.drop_all(conn)
+    finally:
+        engine.dispose()
+
+    migrations.upgrade(empty_database_url)
+
+    migrated = schema(empty_database_url)["tables"]
+    migrated.pop("alembic_version")
+    assert migrated == created
+    assert migrated["sessions"]["pk"] == ["user_id", "id"]
+
+
+def test_upgrading_from_the_initial_revision_keeps_the_sessions(empty_database_url: str) -> None:
+    migrations.upgrade(empty_database_url, "0001")
+    columns = {
+        "state": "active",
+        "timeout_policy": "standard",
+        "timeout_seconds": 60,
+        "meta": "{}",
+        "created_at": T0.replace(tzinfo=None),
+        "last_activity_at": T0.replace(tzinfo=None),
+        "expires_at": T0.replace(tzinfo=None),
+        "resume_count": 0,
+        "turn_count": 0,
+        "version": 1,
+    }
+    engine = sa.create_engine(sync_url(empty_database_url))
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text(
+                    "INSERT INTO sessions (id, user_id, " + ", ".join(columns) + ") VALUES "
+                    "('ses_kept-0000001', 'alice', :" + ", :".join(columns) + ")"
+                ),
+                columns,
+            )
+
+        migrations.upgrade(empty_database_url)
+
+        with engine.begin() as conn:
+            kept = conn.execute(sa.text("SELECT user_id, id FROM sessions")).all()
+            # The same id under another user is now a different session.
+            conn.execute(
+                sa.text(
+                    "INSERT INTO sessions (id, user_id, " + ", ".join(columns) + ") VALUES "
+                    "('ses_kept-0000001', 'bob', :" + ", :".join(columns) + ")"
+                ),
+                columns,
+            )
+            both = conn.execute(sa.text("SELECT user_id FROM sessions ORDER BY user_id")).all()
+    finally:
+        engine.dispose()
+    assert kept == [("alice", "ses_kept-0000001")]
+    assert both == [("alice",), ("bob",)]
+    assert schema_differences(empty_database_url) == []

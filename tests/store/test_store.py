@@ -342,12 +342,12 @@ async def test_modify_session_creates_when_absent(store: Store) -> None:
         seen.append(current)
         return row, "created"
 
-    stored, outcome = await store.modify_session(row.id, create)
+    stored, outcome = await store.modify_session(row.user_id, row.id, create)
 
     assert seen == [None]
     assert outcome == "created"
     assert stored == row
-    assert await store.get_session(row.id) == row
+    assert await store.get_session(row.user_id, row.id) == row
     assert row.version == 1
 
 
@@ -361,12 +361,12 @@ async def test_modify_session_updates_with_the_next_version_when_present(store: 
         current.resume_count += 1
         return current, "updated"
 
-    stored, outcome = await store.modify_session(row.id, activate)
+    stored, outcome = await store.modify_session(row.user_id, row.id, activate)
 
     assert outcome == "updated"
     assert stored is not None
     assert (stored.state, stored.resume_count, stored.version) == ("active", 1, 2)
-    assert await store.get_session(row.id) == stored
+    assert await store.get_session(row.user_id, row.id) == stored
 
 
 async def test_modify_session_returning_no_row_leaves_the_session_as_is(store: Store) -> None:
@@ -376,10 +376,10 @@ async def test_modify_session_returning_no_row_leaves_the_session_as_is(store: S
     def refuse(current: SessionRow | None) -> tuple[SessionRow | None, str]:
         return None, "refused"
 
-    stored, outcome = await store.modify_session(row.id, refuse)
+    stored, outcome = await store.modify_session(row.user_id, row.id, refuse)
 
     assert (stored, outcome) == (row, "refused")
-    assert await store.get_session(row.id) == row
+    assert await store.get_session(row.user_id, row.id) == row
 
 
 async def test_concurrent_modify_session_loses_no_update(store: Store) -> None:
@@ -391,11 +391,42 @@ async def test_concurrent_modify_session_loses_no_update(store: Store) -> None:
         current.turn_count += 1
         return current, None
 
-    await asyncio.gather(*(store.modify_session(row.id, count_turn) for _ in range(20)))
+    await asyncio.gather(
+        *(store.modify_session(row.user_id, row.id, count_turn) for _ in range(20))
+    )
 
-    stored = await store.get_session(row.id)
+    stored = await store.get_session(row.user_id, row.id)
     assert stored is not None
     assert (stored.turn_count, stored.version) == (20, 21)
+
+
+async def test_one_session_id_under_two_users_is_two_sessions(store: Store) -> None:
+    alice = session_row("alice", id="ses_chosen-by-both")
+    bob = session_row("bob", id="ses_chosen-by-both", state="active")
+    await store.insert_session(bob)
+
+    def create(current: SessionRow | None) -> tuple[SessionRow | None, str]:
+        return (alice, "created") if current is None else (None, "taken")
+
+    stored, outcome = await store.modify_session("alice", alice.id, create)
+
+    assert (stored, outcome) == (alice, "created")
+    assert await store.get_session("alice", alice.id) == alice
+    assert await store.get_session("bob", alice.id) == bob
+    assert await store.get_session("carol", alice.id) is None
+
+
+async def test_sessions_with_open_runs_names_the_user_too(store: Store) -> None:
+    thread = await new_thread(store)
+    await store.insert_run(
+        run_row(thread.id, user_id="alice", session_id="ses_chosen-by-both", status="running")
+    )
+
+    busy = await store.sessions_with_open_runs(
+        [("alice", "ses_chosen-by-both"), ("bob", "ses_chosen-by-both"), ("alice", "ses_other-01")]
+    )
+
+    assert busy == {("alice", "ses_chosen-by-both")}
 
 
 # -- threads ---------------------------------------------------------------------------------
@@ -607,7 +638,7 @@ async def test_timestamps_come_back_timezone_aware_utc(store: Store) -> None:
     await add_item(store, item)
     await store.insert_run(run)
 
-    loaded_session = await store.get_session(session.id)
+    loaded_session = await store.get_session(session.user_id, session.id)
     loaded_thread = await store.get_thread(thread.id)
     loaded_item = await store.get_item(item.id)
     loaded_run = await store.get_run(run.id)
@@ -659,7 +690,7 @@ async def test_session_metadata_round_trips_as_json(store: Store) -> None:
     row = session_row(meta=meta)
     await store.insert_session(row)
 
-    loaded = await store.get_session(row.id)
+    loaded = await store.get_session(row.user_id, row.id)
 
     assert loaded is not None
     assert loaded.meta == meta
