@@ -117,10 +117,9 @@ def _serve(settings: Settings) -> int:
         asyncio.run(_check_schema(settings.database_url))
     app = create_default_app(settings)
     print(f"chatserver on http://{settings.host}:{settings.port} ({_safe(settings.database_url)})")
-    server = uvicorn_config(app, settings)
     import uvicorn
 
-    uvicorn.Server(server).run()
+    uvicorn.Server(uvicorn_config(app, settings)).run()
     return 0
 
 

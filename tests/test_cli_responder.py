@@ -20,7 +20,7 @@ def served(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[Any]:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)
     apps: list[Any] = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **_: apps.append(app))
+    monkeypatch.setattr(uvicorn.Server, "run", lambda server, *_: apps.append(server.config.app))
     return apps
 
 
