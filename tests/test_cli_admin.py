@@ -26,6 +26,7 @@ from chatserver.policies import TimeoutPolicies
 from chatserver.sessions import SessionManager
 from chatserver.statuses import RunStatus
 from chatserver.store import Store, migrations
+from chatserver.store import models as tables
 from chatserver.store.models import RunRow, ThreadRow
 
 MINUTE = 60
@@ -76,8 +77,13 @@ async def _at(url: str, *, seed: Any = None, states: list[str] | None = None) ->
         if seed is not None:
             return await seed(store)
         assert states is not None
-        rows = [await store.get_session(session_id) for session_id in states]
-        return [row.state if row else None for row in rows]
+        found: dict[str, str] = {}
+        async with store.read() as conn:
+            query = sa.select(tables.sessions.c.id, tables.sessions.c.state).where(
+                tables.sessions.c.id.in_(states)
+            )
+            found = dict((await conn.execute(query)).tuples().all())
+        return [found.get(session_id) for session_id in states]
     finally:
         await store.close()
 

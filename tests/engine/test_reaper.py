@@ -69,7 +69,7 @@ def make_reaper(store: Store, clock: ManualClock, **overrides: Any) -> Reaper:
 
 
 async def states(store: Store, *session_ids: str) -> list[str]:
-    rows = [await store.get_session(session_id) for session_id in session_ids]
+    rows = [await store.get_session(USER, session_id) for session_id in session_ids]
     return [row.state if row else "missing" for row in rows]
 
 
@@ -137,7 +137,7 @@ async def test_immediate_strategy_makes_tombstones_of_expired_and_closed_session
         "cleaned_up",
         "created",
     ]
-    due = await store.get_session(people.due)
+    due = await store.get_session(USER, people.due)
     assert due is not None
     assert (due.meta, due.end_reason, due.ended_at, due.cleaned_at) == (
         {},
@@ -502,7 +502,7 @@ async def test_an_expired_session_found_by_the_reaper_answers_session_expired(
         await reaper.sessions.context(USER, session_id)
 
     assert caught.value.code == ErrorCode.SESSION_EXPIRED
-    row = await store.get_session(session_id)
+    row = await store.get_session(USER, session_id)
     assert isinstance(row, SessionRow)
     assert (row.state, row.ended_at, row.end_reason) == ("expired", clock.now(), "expired")
 

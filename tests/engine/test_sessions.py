@@ -665,8 +665,10 @@ async def test_another_users_access_never_cleans_a_lazy_session(
     session_id, _ = await expire_one(manager, clock, new_id(IdKind.THREAD))
     before = await stored(store, session_id)
 
-    assert await error_code(manager.context("mallory", session_id)) == (ErrorCode.SESSION_NOT_FOUND)
     assert await error_code(manager.get("mallory", session_id)) == ErrorCode.SESSION_NOT_FOUND
+    # Ids are per user: the same id names a fresh session of mallory's own.
+    mallorys = (await manager.context("mallory", session_id)).session
+    assert (mallorys.user_id, mallorys.state) == ("mallory", "created")
 
     assert await stored(store, session_id) == before
     assert endings.cleaned_up == []

@@ -57,10 +57,13 @@ async def test_answers_to_a_configured_origin_expose_the_session_and_seq_headers
 ) -> None:
     live: LiveServer = await start_server(cors_origins=APP)
     client = live.client(headers={"Origin": APP})
-    _, events = await stream(client, create_thread("hi"))
+    created, events = await stream(client, create_thread("hi"))
+    session = {"X-Session-Id": created.headers["x-session-id"]}
 
     answer = await client.post(
-        "/chatkit", json=request("threads.get_by_id", thread_id=thread_id_of(events))
+        "/chatkit",
+        json=request("threads.get_by_id", thread_id=thread_id_of(events)),
+        headers=session,
     )
     refused = await live.client(user=None, headers={"Origin": APP}).post(
         "/chatkit", json=request("threads.list"), headers={"Authorization": "Basic eDp5"}

@@ -49,7 +49,7 @@ class Listened:
 
 
 async def row_of(live: LiveServer, session_id: str) -> SessionRow:
-    row = await live.store.get_session(session_id)
+    row = await live.store.get_session("alice", session_id)
     assert row is not None
     return row
 

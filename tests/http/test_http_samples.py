@@ -18,6 +18,8 @@ from http_harness import (
     validate_event,
 )
 
+from chatserver.ids import IdKind, new_id
+
 _SAMPLE_ID = re.compile(r"^(thr|msg)_[0-9a-f]{8}$")
 _DISCONNECT_AFTER_DELTAS = 5
 
@@ -27,7 +29,7 @@ def _rewrite(value: Any, ids: dict[str, str]) -> Any:
         return {key: _rewrite(item, ids) for key, item in value.items()}
     if isinstance(value, list):
         return [_rewrite(item, ids) for item in value]
-    if isinstance(value, str) and _SAMPLE_ID.match(value):
+    if isinstance(value, str) and (value in ids or _SAMPLE_ID.match(value)):
         return ids[value]
     return value
 
@@ -110,7 +112,9 @@ def thread_id_of_recorded(path: Path) -> str:
 async def test_recorded_requests_are_accepted_and_answers_parse(live: LiveServer) -> None:
     live.chat.word_delay = 0.005
     client = live.client()
-    ids: dict[str, str] = {"thr_missing": "thr_missing"}
+    # The reference's "missing thread" is a well-formed id of no thread here (a malformed
+    # one is a 400 invalid_id before any lookup).
+    ids: dict[str, str] = {"thr_missing": new_id(IdKind.THREAD)}
 
     for path in sorted(SAMPLES.glob("*.request.json")):
         step = path.name.removesuffix(".request.json")

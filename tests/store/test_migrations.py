@@ -46,10 +46,11 @@ def schema(url: str) -> dict[str, Any]:
             inspector = sa.inspect(conn)
             tables = {
                 name: {
-                    "columns": [
+                    # By name: a column a later revision adds comes last in the table.
+                    "columns": sorted(
                         (c["name"], str(c["type"]), c["nullable"])
                         for c in inspector.get_columns(name)
-                    ],
+                    ),
                     "pk": inspector.get_pk_constraint(name)["constrained_columns"],
                     "fks": sorted(
                         (fk["constrained_columns"], fk["referred_table"], fk["options"])

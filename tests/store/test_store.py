@@ -416,19 +416,6 @@ async def test_one_session_id_under_two_users_is_two_sessions(store: Store) -> N
     assert await store.get_session("carol", alice.id) is None
 
 
-async def test_sessions_with_open_runs_names_the_user_too(store: Store) -> None:
-    thread = await new_thread(store)
-    await store.insert_run(
-        run_row(thread.id, user_id="alice", session_id="ses_chosen-by-both", status="running")
-    )
-
-    busy = await store.sessions_with_open_runs(
-        [("alice", "ses_chosen-by-both"), ("bob", "ses_chosen-by-both"), ("alice", "ses_other-01")]
-    )
-
-    assert busy == {("alice", "ses_chosen-by-both")}
-
-
 # -- threads ---------------------------------------------------------------------------------
 
 
