@@ -44,7 +44,7 @@ def create_app(
         server=server,
         settings=settings,
         authenticate=authenticate or DefaultAuthenticator(settings),
-        streams=StreamRegistry(),
+        streams=StreamRegistry(server.broker),
     )
 
     @asynccontextmanager

@@ -4,6 +4,7 @@ one aggregate per module, composed here."""
 from __future__ import annotations
 
 from chatserver.store.events import EventStore
+from chatserver.store.instances import InstanceStore
 from chatserver.store.items import ItemStore
 from chatserver.store.runs import RunStore
 from chatserver.store.sessions import SessionStore
@@ -13,6 +14,6 @@ from chatserver.store.values import Order
 __all__ = ["Order", "Store"]
 
 
-class Store(SessionStore, ThreadStore, ItemStore, EventStore, RunStore):
-    """Sessions, threads, items, the event log and runs in one database; the URL picks
-    the backend (`sqlite+aiosqlite://...` or `postgresql+psycopg://...`)."""
+class Store(SessionStore, ThreadStore, ItemStore, EventStore, RunStore, InstanceStore):
+    """Sessions, threads, items, the event log, runs and instances in one database; the URL
+    picks the backend (`sqlite+aiosqlite://...` or `postgresql+psycopg://...`)."""
