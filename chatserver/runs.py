@@ -46,6 +46,9 @@ _RECOVERY_BATCH = 100
 _POLL_FIRST_SECONDS = 0.05
 _POLL_MAX_SECONDS = 1.0
 _CLAIM_GAP_SECONDS = 0.05
+# Recovery runs at least this often, so that a dead owner's runs (PostgreSQL: its presence
+# lock is free) are closed within seconds, whatever the lease.
+_RECOVERY_MAX_INTERVAL_SECONDS = 5.0
 # The row of an instance silent for this many leases, owning no open run, is dropped.
 _FORGET_AFTER_LEASES = 100
 
@@ -341,7 +344,10 @@ class Runs:
             asyncio.create_task(
                 _every(interval, self._honour_cancel_requests), name="chatserver-cancel-requests"
             ),
-            asyncio.create_task(_every(interval, self.recover), name="chatserver-run-recovery"),
+            asyncio.create_task(
+                _every(min(interval, _RECOVERY_MAX_INTERVAL_SECONDS), self.recover),
+                name="chatserver-run-recovery",
+            ),
         ]
 
     async def close(self, grace_seconds: float) -> None:
