@@ -377,3 +377,33 @@ async def _assert_recovered(
     async with client.stream("POST", "/chatkit", json=add_message(thread_id, "still there?")) as r:
         assert r.status_code == 200
         assert (await SseReader(r).until_run_ends())[-1].type == "run.completed"
+
+
+async def test_deleting_a_thread_on_one_instance_stops_its_turn_and_ends_its_streams_on_another(
+    postgres_database_url: str,
+) -> None:
+    async with instances(postgres_database_url, 2, run_lease_seconds=600) as (a, b):
+        client_a = a.client()
+        async with client_a.stream("POST", "/chatkit", json=create_thread(LONG)) as answer:
+            reader = SseReader(answer)
+            seen = [await anext(reader), await anext(reader)]
+            thread_id = thread_id_of(seen)
+            async with client_a.stream(
+                "GET", f"/threads/{thread_id}/events", headers={"Last-Event-ID": "0"}
+            ) as tab:
+                tab_reader = SseReader(tab)
+                await anext(tab_reader)  # the tab on a is open
+                deleted = await b.client().post(
+                    "/chatkit", json=request("threads.delete", thread_id=thread_id)
+                )
+                assert deleted.status_code == 200 and deleted.json() == {}
+                tab_rest = await asyncio.wait_for(tab_reader.rest(), 10)
+            answer_rest = await asyncio.wait_for(reader.rest(), 10)
+
+        assert tab_rest[-1].id is None
+        assert tab_rest[-1].payload["error_code"] == "thread_not_found"
+        assert answer_rest[-1].type == "run.cancelled"
+        assert answer_rest[-1].payload["reason"] == "thread_deleted"
+        gone = await b.client().post("/chatkit", json=request("items.list", thread_id=thread_id))
+        assert gone.status_code == 404
+    assert await _runs(postgres_database_url, thread_id) == []
