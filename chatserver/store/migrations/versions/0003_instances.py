@@ -1,5 +1,7 @@
-"""Instances: the server processes sharing the database, so that a run whose owner is gone
-is closed at once instead of when its lease lapses.
+"""Instances: the server processes sharing the database.
+
+Their rows (and, on PostgreSQL, their presence locks) let a run whose owner is gone be closed
+at once instead of when its lease lapses.
 
 Revision ID: 0003
 Revises: 0002
