@@ -280,6 +280,29 @@ async def test_two_turns_sent_to_two_instances_at_once_with_queue_both_run_one_a
     assert [e.seq for e in log] == list(range(1, len(log) + 1))
 
 
+async def test_a_turn_sent_to_one_instance_with_interrupt_stops_the_turn_running_on_another(
+    postgres_database_url: str,
+) -> None:
+    async with instances(postgres_database_url, 2, run_lease_seconds=600) as (a, b):
+        async with a.client().stream("POST", "/chatkit", json=create_thread(LONG)) as answer:
+            reader = SseReader(answer)
+            seen = [await anext(reader), await anext(reader)]
+            thread_id = thread_id_of(seen)
+            status, interrupting = await _send(b, thread_id, "instead", double_texting="interrupt")
+            interrupted = await reader.until_run_ends()
+        log = await events_of(a.client(), thread_id)
+
+    assert interrupted[-1].type == "run.cancelled"
+    assert interrupted[-1].payload["reason"] == "interrupted"
+    assert status == 200 and isinstance(interrupting, list)
+    assert interrupting[-1].type == "run.completed"
+    # The second turn starts after the first one's end, never beside it.
+    ends = [n for n, e in enumerate(log) if e.type == "run.cancelled"]
+    starts = [n for n, e in enumerate(log) if e.type == "run.started"]
+    assert len(ends) == 1 and len(starts) == 2 and starts[1] > ends[0]
+    assert [e.seq for e in log] == list(range(1, len(log) + 1))
+
+
 def _run_of(event: Event) -> str | None:
     payload = event.payload
     if "run_id" in payload:
