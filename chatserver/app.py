@@ -50,7 +50,7 @@ def create_app(
     default_auth: DefaultAuthenticator | None = None
     if authenticate is None:
         authenticate = default_auth = DefaultAuthenticator(settings, server.store, server.clock)
-    streams = StreamRegistry()
+    streams = StreamRegistry(server.broker)
     metrics = Metrics(server, streams.__len__)
     metrics.instrument(server)
     reaper = Reaper(server.sessions, server.broker)

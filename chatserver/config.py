@@ -83,6 +83,13 @@ class Settings(BaseSettings):
     # past it, the turn ends with an error (recovery closes it once the database is back).
     database_outage_seconds: float = Field(default=10.0, ge=0)
 
+    # Several instances on one database: PostgreSQL NOTIFY carries events and requests
+    # between them unless this names a Redis server (redis://, rediss://, unix://) to use
+    # instead; SQLite has the in-process broker (one instance).
+    broker_url: str | None = Field(default=None, pattern=r"^(redis|rediss|unix)://")
+    # The NOTIFY / pub-sub channel: instances that share one must share a database.
+    broker_channel: str = Field(default="chatserver", pattern=r"^[A-Za-z0-9_.:-]{1,63}$")
+
     heartbeat_seconds: float = Field(default=15.0, gt=0)
     max_body_bytes: int = Field(default=1_000_000, ge=1024)
     # A request body must arrive within this many seconds of its headers (else 408).

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -27,6 +28,12 @@ logger = logging.getLogger(__name__)
 # Backoff between attempts to write a batch while the database is unreachable.
 _RETRY_FIRST_DELAY = 0.05
 _RETRY_MAX_DELAY = 1.0
+# Times a batch moves after events another writer appended, before the writer gives up.
+_MAX_RENUMBERINGS = 10
+
+
+# A wake-up whose seq is unknown (a broker's link to the other processes was lost and is back).
+FROM_ANYWHERE = sys.maxsize
 
 
 class Subscription:
@@ -39,6 +46,9 @@ class Subscription:
         self._events: list[StoredEvent] = []
         self._wakeup = asyncio.Event()
         self.overflowed = False
+        # Committed by another process up to this seq, so not pushed here: the subscriber
+        # reads them from the store (FROM_ANYWHERE: which seq is not known, read anyway).
+        self.committed_elsewhere = 0
         # Why nothing more will come (a deleted thread, a turn given up), once drained.
         self.ended: ChatServerError | None = None
 
@@ -52,12 +62,23 @@ class Subscription:
             self._events.extend(events)
         self._wakeup.set()
 
+    def wake(self, upto: int) -> None:
+        """Events up to seq `upto` were committed by another process: they reach this
+        subscriber through the store, from its cursor (FROM_ANYWHERE after a lost link)."""
+        self.committed_elsewhere = max(self.committed_elsewhere, upto)
+        self._wakeup.set()
+
+    def behind(self, cursor: int) -> bool:
+        """Whether the store holds events for this subscriber that its buffer does not."""
+        return self.overflowed or self.committed_elsewhere > cursor
+
     def end(self, reason: ChatServerError) -> None:
         self.ended = reason
         self._wakeup.set()
 
     def reset(self) -> None:
         self.overflowed = False
+        self.committed_elsewhere = 0
         self._events.clear()
         self._wakeup.clear()
 
@@ -70,10 +91,18 @@ class Subscription:
         await self._wakeup.wait()
 
 
+# Asked of the process running a turn, wherever the request came in: stop (run_id, reason).
+StopHandler = Callable[[str, str], None]
+# A tab of the session opened its stream at this wall-clock time (session_id, opened_at):
+# the session's tab streams opened before it end, on every process.
+SupersedeHandler = Callable[[str, float], None]
+
+
 class Broker(Protocol):
-    """Fan-out of committed events to the subscribers of a thread. The in-process broker
-    serves one instance; a broker shared by instances (PostgreSQL NOTIFY, Redis) also
-    wakes subscribers of other processes."""
+    """Fan-out of committed events to the subscribers of a thread, and the requests that
+    must reach another process (stop a turn, supersede a tab). The in-process broker serves
+    one instance; a broker shared by instances (PostgreSQL NOTIFY, Redis) also reaches the
+    subscribers and turns of other processes."""
 
     def subscribe(self, thread_id: str) -> Subscription: ...
 
@@ -88,6 +117,29 @@ class Broker(Protocol):
         `reason` (the thread was deleted; its turn was given up and the log cannot say so)."""
         ...
 
+    def stop_run(self, run_id: str, reason: str) -> None:
+        """Ask the process running `run_id`, this one or another, to stop it."""
+        ...
+
+    def supersede_tabs(self, session_id: str, opened_at: float) -> None:
+        """End, on every process, the session's tab streams opened before `opened_at`."""
+        ...
+
+    def on_stop_run(self, handler: StopHandler) -> Callable[[], None]:
+        """Call `handler` for every stop request; returns what unregisters it."""
+        ...
+
+    def on_supersede_tabs(self, handler: SupersedeHandler) -> Callable[[], None]:
+        """Call `handler` for every tab takeover; returns what unregisters it."""
+        ...
+
+    async def start(self) -> None:
+        """Connect to the other processes (if any); events are fanned out in-process before
+        this and after `close`."""
+        ...
+
+    async def close(self) -> None: ...
+
 
 class LocalBroker:
     """In-process fan-out of committed events to the subscribers of a thread."""
@@ -95,6 +147,8 @@ class LocalBroker:
     def __init__(self, queue_size: int) -> None:
         self._queue_size = queue_size
         self._subscribers: dict[str, set[Subscription]] = {}
+        self._stop_handlers: list[StopHandler] = []
+        self._supersede_handlers: list[SupersedeHandler] = []
 
     def subscribe(self, thread_id: str) -> Subscription:
         subscription = Subscription(thread_id, self._queue_size)
@@ -116,6 +170,28 @@ class LocalBroker:
     def end_streams(self, thread_id: str, reason: ChatServerError) -> None:
         for subscription in tuple(self._subscribers.get(thread_id, ())):
             subscription.end(reason)
+
+    def stop_run(self, run_id: str, reason: str) -> None:
+        for handler in tuple(self._stop_handlers):
+            handler(run_id, reason)
+
+    def supersede_tabs(self, session_id: str, opened_at: float) -> None:
+        for handler in tuple(self._supersede_handlers):
+            handler(session_id, opened_at)
+
+    def on_stop_run(self, handler: StopHandler) -> Callable[[], None]:
+        self._stop_handlers.append(handler)
+        return lambda: self._stop_handlers.remove(handler)
+
+    def on_supersede_tabs(self, handler: SupersedeHandler) -> Callable[[], None]:
+        self._supersede_handlers.append(handler)
+        return lambda: self._supersede_handlers.remove(handler)
+
+    async def start(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
 
 
 @dataclass(slots=True)
@@ -160,7 +236,8 @@ class ThreadWriter:
         item_change: ItemChange | None = None,
         run_end: RunEnd | None = None,
     ) -> int:
-        """Buffer one event and return its seq. Waits only when the database falls behind."""
+        """Buffer one event and return its seq (moved later, unpublished, should another
+        writer take it first). Waits only when the database falls behind."""
         seq = self.next_seq
         self.next_seq += 1
         await self._buffered(_Pending(StoredEvent(seq, run_id, type_, data), item_change, run_end))
@@ -239,7 +316,8 @@ class ThreadWriter:
     async def _commit(self, batch: list[_Pending]) -> None:
         """Write the batch in one transaction, then publish it. While the database is
         unreachable the batch is kept and retried with backoff, up to the configured outage
-        window; any other refusal (a constraint, bad data) is final at once."""
+        window; seqs another writer took move the batch after them (`_yield_seqs`); any
+        other refusal (a constraint, bad data) is final at once."""
         events = [p.event for p in batch if p.event is not None]
         # Later changes of the same item in a batch supersede earlier ones.
         item_changes = {p.item_change.id: p.item_change for p in batch if p.item_change}
@@ -247,6 +325,7 @@ class ThreadWriter:
         loop = asyncio.get_running_loop()
         give_up_at: float | None = None
         delay = _RETRY_FIRST_DELAY
+        renumbered = 0
         while True:
             try:
                 await self.log.store.append_events(
@@ -274,17 +353,52 @@ class ThreadWriter:
             except IntegrityError:
                 # A retried batch whose first attempt committed, its acknowledgement lost
                 # with the connection: the rows are there, exactly as sent.
-                if give_up_at is None or not events or not await self._is_stored(events[0]):
+                if give_up_at is not None and events and await self._is_stored(events[0]):
+                    break
+                renumbered += 1
+                if (
+                    not events
+                    or renumbered > _MAX_RENUMBERINGS
+                    or not await self._yield_seqs(events[0])
+                ):
                     raise
-                break
+                events = [p.event for p in batch if p.event is not None]
         if give_up_at is not None:
             logger.info("database reachable again: thread %s writes on", self.thread_id)
         if events:
-            self.log.broker.publish(self.thread_id, events)
+            self.log.published(self.thread_id, events)
 
     async def _is_stored(self, event: StoredEvent) -> bool:
         stored = await self.log.store.read_events(self.thread_id, event.seq - 1, 1)
         return bool(stored) and stored[0] == event
+
+    async def _yield_seqs(self, first: StoredEvent) -> bool:
+        """Another writer took seqs this one had handed out: a run that ended without ever
+        holding the thread (a queued run that gave up on another instance, an orphan closed
+        by recovery) appends its terminal event after the last committed one. Move every
+        unpublished event of this writer after what was taken, and say whether to retry.
+        Not when what was taken belongs to this writer's own runs: someone closed them
+        (their owner was taken for dead), and this writer must stop, not write on."""
+        newest = await self.log.store.max_seq(self.thread_id)
+        if newest < first.seq:
+            return False  # some other refusal: a missing thread, bad data
+        taken = await self.log.store.read_events(
+            self.thread_id, first.seq - 1, newest - first.seq + 1
+        )
+        ours = {p.event.run_id for p in self._buffer if p.event is not None} - {None}
+        if any(event.run_id in ours for event in taken):
+            return False
+        shift = newest + 1 - first.seq
+        for pending in self._buffer:
+            if pending.event is not None:
+                pending.event = pending.event._replace(seq=pending.event.seq + shift)
+        self.next_seq += shift
+        logger.info(
+            "thread %s: %d events appended by another writer; this one writes on after them",
+            self.thread_id,
+            shift,
+        )
+        return True
 
 
 class EventLog:
@@ -294,6 +408,14 @@ class EventLog:
         self.clock = clock
         self.settings = settings
         self.window = settings.commit_window_ms / 1000
+        # Told of every batch of events once it is committed (metrics count them).
+        self.on_committed: list[Callable[[str, int], None]] = []
+
+    def published(self, thread_id: str, events: list[StoredEvent]) -> None:
+        """Committed events go to their listeners, then every subscriber."""
+        for listener in self.on_committed:
+            listener(thread_id, len(events))
+        self.broker.publish(thread_id, events)
 
     async def open_writer(self, thread_id: str) -> ThreadWriter:
         writer = ThreadWriter(self, thread_id, await self.store.max_seq(thread_id) + 1)
@@ -306,7 +428,7 @@ class EventLog:
         seq = await self.store.append_events(
             thread_id, [NewEvent(run_id, type_, data)], created_at=self.clock.now()
         )
-        self.broker.publish(thread_id, [StoredEvent(seq, run_id, type_, data)])
+        self.published(thread_id, [StoredEvent(seq, run_id, type_, data)])
         return seq
 
     async def subscribe(
@@ -349,7 +471,7 @@ class EventLog:
                         yield event
                     return
                 first_round = False
-                while not subscription.overflowed:
+                while not subscription.behind(cursor):
                     batch = subscription.take()
                     if not batch:
                         if subscription.ended is not None:

@@ -16,12 +16,9 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
 
-from chatserver.errors import ChatServerError
-from chatserver.events import Broker, Subscription
 from chatserver.reaper import ReapReport
 from chatserver.server import ChatServer
 from chatserver.statuses import SessionState
-from chatserver.store import StoredEvent
 from chatserver.store.analytics import SessionStats
 
 # A path no route matched: one label value, so scanners cannot blow up the series count.
@@ -98,9 +95,8 @@ class Metrics:
             self.reaper_rows.labels(action)
 
     def instrument(self, server: ChatServer) -> None:
-        """Count the events `server` commits: every committed event is published once."""
-        counting = CountingBroker(server.broker, self.events_appended)
-        server.broker = server.events.broker = counting
+        """Count the events `server` commits."""
+        server.events.on_committed.append(lambda _thread, count: self.events_appended.inc(count))
 
     def record_pass(self, report: ReapReport) -> None:
         if not report.reaped:
@@ -128,27 +124,6 @@ class Metrics:
             self._sessions_read_at = now
         encode, content_type = choose_encoder(accept or "")
         return encode(self.registry), content_type
-
-
-class CountingBroker:
-    """A Broker that counts the events it publishes, and otherwise is the one it wraps."""
-
-    def __init__(self, inner: Broker, counter: Counter) -> None:
-        self.inner = inner
-        self._counter = counter
-
-    def subscribe(self, thread_id: str) -> Subscription:
-        return self.inner.subscribe(thread_id)
-
-    def unsubscribe(self, subscription: Subscription) -> None:
-        self.inner.unsubscribe(subscription)
-
-    def publish(self, thread_id: str, events: list[StoredEvent]) -> None:
-        self._counter.inc(len(events))
-        self.inner.publish(thread_id, events)
-
-    def end_streams(self, thread_id: str, reason: ChatServerError) -> None:
-        self.inner.end_streams(thread_id, reason)
 
 
 def stats_document(

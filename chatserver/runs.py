@@ -11,6 +11,7 @@ thread, which holds the turn lock already and so never waits on itself.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -24,8 +25,9 @@ from sqlalchemy.exc import IntegrityError
 from chatserver.clock import Clock
 from chatserver.config import DoubleTexting, Settings
 from chatserver.errors import Conflict, ErrorCode, ServiceUnavailable, ThreadBusy
-from chatserver.events import EventLog
+from chatserver.events import EventLog, Subscription
 from chatserver.ids import IdKind, new_id
+from chatserver.instances import Instances
 from chatserver.locks import KeyedLock
 from chatserver.sessions import RequestContext
 from chatserver.statuses import OPEN_RUN_STATUSES, RunStatus
@@ -39,6 +41,16 @@ logger = logging.getLogger(__name__)
 _STOP_WAIT_SECONDS = 10.0
 # Runs recovered per maintenance round; the rest wait for the next round.
 _RECOVERY_BATCH = 100
+# Waiting for another instance's run: polls back off between these, and a run waiting for
+# its thread checks at most this often whether the holder let go, however often it is woken.
+_POLL_FIRST_SECONDS = 0.05
+_POLL_MAX_SECONDS = 1.0
+_CLAIM_GAP_SECONDS = 0.05
+# Recovery runs at least this often, so that a dead owner's runs (PostgreSQL: its presence
+# lock is free) are closed within seconds, whatever the lease.
+_RECOVERY_MAX_INTERVAL_SECONDS = 5.0
+# The row of an instance silent for this many leases, owning no open run, is dropped.
+_FORGET_AFTER_LEASES = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,18 +84,21 @@ class Runs:
         runner: TurnRunner,
         settings: Settings,
         clock: Clock,
-        instance_id: str,
+        instances: Instances,
     ) -> None:
         self.store = store
         self.events = events
         self.runner = runner
         self.settings = settings
         self.clock = clock
-        self.instance_id = instance_id
+        self.instances = instances
+        self.instance_id = instances.instance_id
         self._local: dict[str, _LocalRun] = {}
         self._turn_locks = KeyedLock()
         self._idempotency_locks = KeyedLock()
         self._duties: list[asyncio.Task[None]] = []
+        # Stop requests sent to any instance reach this one through the broker.
+        events.broker.on_stop_run(self._stop_requested)
 
     @property
     def running(self) -> int:
@@ -166,8 +181,8 @@ class Runs:
     # -- stopping and streaming ------------------------------------------------------------
 
     async def stop(self, thread: ThreadRow, *, reason: str = "stopped") -> bool:
-        """Cancel the thread's running turn; True if there was one. Returns once it ended
-        (locally) or once the owning instance was asked to end it."""
+        """Cancel the thread's running turn, whichever instance runs it; True if there was
+        one. Returns once it ended (or after a bound, if its instance does not answer)."""
         return await self._cancel_holder(thread.id, reason=reason, wait=True)
 
     async def cancel_all(self, thread: ThreadRow, *, reason: str) -> None:
@@ -215,11 +230,37 @@ class Runs:
                     await asyncio.wait({local.task}, timeout=_STOP_WAIT_SECONDS)
                 return True
         thread = await self.store.get_thread(thread_id)
-        if thread is not None and thread.active_run_id not in (None, spare):
-            # Owned by another instance: it polls for cancel requests.
-            await self.store.update_run(thread.active_run_id, {"cancel_requested": True})
-            return True
-        return False
+        holder = None if thread is None else thread.active_run_id
+        if holder is None or holder == spare:
+            return False
+        # Run by another instance: the broker carries the request there at once; the flag
+        # is for an owner the broker cannot reach, which polls for it.
+        await self.store.update_run(holder, {"cancel_requested": True})
+        self.events.broker.stop_run(holder, reason)
+        if wait:
+            await self._until_over(thread_id, holder, _STOP_WAIT_SECONDS)
+        return True
+
+    def _stop_requested(self, run_id: str, reason: str) -> None:
+        local = self._local.get(run_id)
+        if local is not None and local.started and local.task is not None:
+            local.cancel_reason = local.cancel_reason or reason
+            local.task.cancel()
+
+    async def _until_over(self, thread_id: str, run_id: str, seconds: float) -> None:
+        """Wait (at most `seconds`) until a run of another instance has ended; its last
+        events wake the wait."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        subscription = self.events.broker.subscribe(thread_id)
+        try:
+            while loop.time() < deadline:
+                run = await self.store.get_run(run_id)
+                if run is None or run.status not in OPEN_RUN_STATUSES:
+                    return
+                await _woken(subscription, min(_POLL_MAX_SECONDS, deadline - loop.time()))
+        finally:
+            self.events.broker.unsubscribe(subscription)
 
     # -- running ---------------------------------------------------------------------------
 
@@ -249,10 +290,18 @@ class Runs:
 
     async def _claim(self, run: RunRow) -> ThreadRow | None:
         """Take the thread in the database; wait while another instance's turn holds it, and
-        close the holder at once if its owner is gone (its lease lapsed)."""
+        close the holder at once if its owner is gone (it died, or its lease lapsed). The
+        holder's last events wake the wait; polling is the fallback."""
+        subscription = self.events.broker.subscribe(run.thread_id)
+        try:
+            return await self._claim_woken_by(subscription, run)
+        finally:
+            self.events.broker.unsubscribe(subscription)
+
+    async def _claim_woken_by(self, subscription: Subscription, run: RunRow) -> ThreadRow | None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.queue_wait_seconds
-        delay = 0.05
+        delay = _POLL_FIRST_SECONDS
         while (claimed := await self.store.claim_thread(run.thread_id, run.id)) is None:
             thread = await self.store.get_thread(run.thread_id)
             if thread is None:
@@ -264,15 +313,29 @@ class Runs:
                     await self.store.release_thread(run.thread_id, holder_id)
                     continue
                 # We hold the thread's turn lock, so no local turn of it is running: the
-                # holder is another process's, alive while its lease is.
-                if await self._take_over_lapsed(holder):
+                # holder is another process's, alive while it is there and its lease runs.
+                if await self._take_over_orphan(holder):
                     continue
             if loop.time() > deadline:
                 await self.runner.finish_unstarted(run, "queue_timeout")
                 return None
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 1.0)
+            await self._until_let_go(subscription, run.thread_id, holder_id, loop.time() + delay)
+            delay = min(delay * 2, _POLL_MAX_SECONDS)
         return claimed
+
+    async def _until_let_go(
+        self, subscription: Subscription, thread_id: str, holder_id: str | None, until: float
+    ) -> None:
+        """Wait until `holder_id` no longer holds the thread, or until `until` (loop time).
+        Each batch of the holder's events wakes this; one read checks, at most every
+        _CLAIM_GAP_SECONDS."""
+        loop = asyncio.get_running_loop()
+        while loop.time() < until:
+            await _woken(subscription, until - loop.time())
+            thread = await self.store.get_thread(thread_id)
+            if thread is None or thread.active_run_id != holder_id:
+                return
+            await asyncio.sleep(_CLAIM_GAP_SECONDS)
 
     # -- lifecycle, leases and recovery ----------------------------------------------------
 
@@ -286,7 +349,10 @@ class Runs:
             asyncio.create_task(
                 _every(interval, self._honour_cancel_requests), name="chatserver-cancel-requests"
             ),
-            asyncio.create_task(_every(interval, self.recover), name="chatserver-run-recovery"),
+            asyncio.create_task(
+                _every(min(interval, _RECOVERY_MAX_INTERVAL_SECONDS), self.recover),
+                name="chatserver-run-recovery",
+            ),
         ]
 
     async def close(self, grace_seconds: float) -> None:
@@ -306,26 +372,45 @@ class Runs:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     async def recover(self) -> int:
-        """Close runs whose owner stopped renewing its lease (a crashed or killed process):
-        their open items are kept as incomplete and the thread is usable again. A thread
-        whose turn lock is held here is left to the run holding it, which closes the orphan
-        itself (see `_claim`): this never waits on a lock."""
+        """Close runs whose owner is gone: it shut down or died (on PostgreSQL its presence
+        lock is free: at once), or stopped renewing its lease (a process that hangs, a host
+        that vanished): their open items are kept as incomplete and the thread is usable
+        again. A thread whose turn lock is held here is left to the run holding it, which
+        closes the orphan itself (see `_claim`): this never waits on a lock."""
+        now = self.clock.now()
+        gone = await self.instances.gone(await self.store.open_run_owners(self.instance_id))
+        orphans = {run.id: run for run in await self.store.list_lapsed_runs(now, _RECOVERY_BATCH)}
+        for run in await self.store.list_runs_of_owners(sorted(gone), _RECOVERY_BATCH):
+            orphans.setdefault(run.id, run)
         recovered = 0
-        for run in await self.store.list_lapsed_runs(self.clock.now(), _RECOVERY_BATCH):
+        for run in orphans.values():
             if run.id in self._local or self._turn_locks.locked(run.thread_id):
                 continue
             async with self._turn_locks.hold(run.thread_id):
-                recovered += await self._take_over_lapsed(run)
+                recovered += await self._take_over_orphan(run, gone)
+        silent_since = now - timedelta(
+            seconds=_FORGET_AFTER_LEASES * self.settings.run_lease_seconds
+        )
+        await self.store.forget_instances(silent_since)
         return recovered
 
-    async def _take_over_lapsed(self, run: RunRow) -> bool:
-        """Close `run` if its lease lapsed and this instance wins the claim on it. The caller
-        holds the thread's turn lock."""
+    async def _take_over_orphan(self, run: RunRow, gone: set[str] | None = None) -> bool:
+        """Close `run` if its owner is gone or its lease lapsed, and this instance wins the
+        claim on it. `gone`: the owners known to be gone (None: ask). The caller holds the
+        thread's turn lock."""
         now = self.clock.now()
-        if run.lease_until is None or run.lease_until >= now:
-            return False
         until = now + timedelta(seconds=self.settings.run_lease_seconds)
-        if not await self.store.claim_lapsed_run(run.id, self.instance_id, now, until):
+        if run.lease_until is not None and run.lease_until < now:
+            claimed = await self.store.claim_lapsed_run(run.id, self.instance_id, now, until)
+        elif run.owner is not None and run.owner != self.instance_id:
+            if gone is None:
+                gone = await self.instances.gone([run.owner])
+            if run.owner not in gone:
+                return False
+            claimed = await self.store.take_over_run(run.id, run.owner, self.instance_id, until)
+        else:
+            return False
+        if not claimed:
             return False
         try:
             await self.runner.close_orphan(run)
@@ -337,6 +422,7 @@ class Runs:
     async def _renew_leases(self) -> None:
         until = self.clock.now() + timedelta(seconds=self.settings.run_lease_seconds)
         await self.store.renew_leases(self.instance_id, list(self._local), until)
+        await self.instances.heartbeat()
 
     async def _honour_cancel_requests(self) -> None:
         started = [run_id for run_id, local in self._local.items() if local.started]
@@ -345,6 +431,13 @@ class Runs:
             if local is not None and local.task is not None:
                 local.cancel_reason = local.cancel_reason or "stopped"
                 local.task.cancel()
+
+
+async def _woken(subscription: Subscription, seconds: float) -> None:
+    """Wait until the subscription's thread has news (or `seconds`), then forget it."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(subscription.wait(), max(seconds, 0.0))
+    subscription.reset()
 
 
 async def _every(interval: float, duty: Callable[[], Awaitable[object]]) -> None:

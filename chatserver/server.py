@@ -11,11 +11,13 @@ import uuid
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
+from chatserver.brokers import create_broker
 from chatserver.clock import Clock, SystemClock
 from chatserver.config import DoubleTexting, Settings
 from chatserver.errors import BadRequest, ErrorCode, NotFound
-from chatserver.events import Broker, EventLog, LocalBroker
+from chatserver.events import Broker, EventLog
 from chatserver.ids import IdKind, new_id
+from chatserver.instances import Instances
 from chatserver.policies import TimeoutPolicies, TimeoutResolver
 from chatserver.runs import RunHandle, Runs
 from chatserver.sessions import RequestContext, Session, SessionManager
@@ -39,8 +41,10 @@ __all__ = ["ChatServer", "RunHandle", "thread_metadata"]
 class ChatServer:
     """Subclass and implement `respond()`; everything else is the server's.
 
-    The store is the application's; the broker (fan-out of committed events to streams)
-    defaults to the in-process one, right for a single instance.
+    The store is the application's; the broker (fan-out of committed events to streams,
+    requests between instances) defaults to PostgreSQL NOTIFY on a PostgreSQL store, so any
+    number of instances can share it, to Redis when `settings.broker_url` names it, and to
+    the in-process one on SQLite.
     """
 
     def __init__(
@@ -57,7 +61,7 @@ class ChatServer:
         self.settings = settings or Settings()
         self.clock: Clock = clock or SystemClock()
         self.instance_id = instance_id or f"ins_{uuid.uuid4().hex[:16]}"
-        self.broker: Broker = broker or LocalBroker(self.settings.subscriber_queue_size)
+        self.broker: Broker = broker or create_broker(store, self.settings, self.instance_id)
         self.events = EventLog(store, self.broker, self.clock, self.settings)
         self.sessions = SessionManager(
             store,
@@ -77,7 +81,8 @@ class ChatServer:
             # Looked up per turn, so a respond() replaced on the instance is the one called.
             lambda thread, input, context: self.respond(thread, input, context),
         )
-        self.runs = Runs(store, self.events, runner, self.settings, self.clock, self.instance_id)
+        self.instances = Instances(store, self.clock, self.instance_id)
+        self.runs = Runs(store, self.events, runner, self.settings, self.clock, self.instances)
 
     # -- the application's part ------------------------------------------------------------
 
@@ -113,12 +118,20 @@ class ChatServer:
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
+        """Join the other instances (broker, registration), then recover orphaned runs and
+        start the maintenance of leases."""
+        await self.broker.start()
+        await self.instances.start()
         await self.runs.start()
 
     async def close(self, grace_seconds: float | None = None) -> None:
         """Let quick turns finish, then stop the rest: their partial answers are kept."""
         grace = self.settings.shutdown_grace_seconds if grace_seconds is None else grace_seconds
-        await self.runs.close(grace)
+        try:
+            await self.runs.close(grace)
+            await self.instances.close()
+        finally:
+            await self.broker.close()
 
     async def recover(self) -> int:
         return await self.runs.recover()

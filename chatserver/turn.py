@@ -22,7 +22,7 @@ from chatserver.errors import ChatServerError, ErrorCode, InvalidEvent, ServiceU
 from chatserver.events import EventLog, ThreadWriter
 from chatserver.ids import IdKind, new_id
 from chatserver.sessions import RequestContext, SessionManager
-from chatserver.statuses import ItemStatus, RunStatus
+from chatserver.statuses import OPEN_RUN_STATUSES, ItemStatus, RunStatus
 from chatserver.store import ItemDelete, ItemWrite, RunEnd, Store, StoredEvent
 from chatserver.store.models import RunRow, ThreadRow
 from chatserver.types import (
@@ -429,6 +429,8 @@ class TurnRunner:
         outside the log, and recovery closes the run once the database is back."""
         if not turn.writer.failed and await self._write_ending(turn, run, ending, status, changes):
             return
+        if await self._ended_elsewhere(run):
+            return
         try:
             fresh = await self.events.open_writer(run.thread_id)
         except Exception:
@@ -446,6 +448,18 @@ class TurnRunner:
                 "ended once it is back."
             ),
         )
+
+    async def _ended_elsewhere(self, run: RunRow) -> bool:
+        """Whether another instance took this run for an orphan and closed it (its owner
+        looked dead): it has its ending already, and a second one would contradict it."""
+        try:
+            current = await self.store.get_run(run.id)
+        except ServiceUnavailable:
+            return False
+        if current is None or current.status in OPEN_RUN_STATUSES:
+            return False
+        logger.warning("run %s was closed by instance %s meanwhile", run.id, current.owner)
+        return True
 
     async def _write_ending(
         self,

@@ -1,8 +1,9 @@
 """Shared fixtures. Every storage-backed test runs on SQLite and on PostgreSQL.
 
 PostgreSQL comes from CHATSERVER_TEST_POSTGRES_URL (default: the local server at
-127.0.0.1:5432). Without it the PostgreSQL cases skip with the reason, except under CI=true,
-where an unreachable PostgreSQL fails the run: CI must never go green by skipping them.
+127.0.0.1:5432), Redis (the Redis broker's tests) from CHATSERVER_TEST_REDIS_URL (default
+redis://127.0.0.1:6379/0). Without them those cases skip with the reason, except under CI=true,
+where an unreachable server fails the run: CI must never go green by skipping them.
 """
 
 from __future__ import annotations
@@ -54,6 +55,25 @@ def postgres_url() -> Iterator[str]:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+REDIS_URL = os.environ.get("CHATSERVER_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """The Redis of the Redis broker's tests; like PostgreSQL, required under CI=true. Each
+    test names its own channel, so nothing is shared with other users of that server."""
+    import redis
+
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3).ping()
+    except redis.RedisError as exc:
+        reason = f"Redis unreachable at {REDIS_URL}: {exc}"
+        if IN_CI:
+            pytest.fail(f"CI must run the Redis tests. {reason}", pytrace=False)
+        pytest.skip(reason)
+    return REDIS_URL
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
@@ -84,6 +104,13 @@ def empty_postgres_url(postgres_url: str) -> Iterator[str]:
     finally:
         with psycopg.connect(_libpq(postgres_url), autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def postgres_database_url(postgres_url: str) -> str:
+    """PostgreSQL alone, emptied: for what needs PostgreSQL (instances sharing a database)."""
+    _reset_postgres(postgres_url)
+    return postgres_url
 
 
 _schema_ready: set[str] = set()

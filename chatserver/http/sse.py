@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from collections.abc import AsyncIterator
 from contextlib import suppress
 from typing import NamedTuple
@@ -28,6 +29,7 @@ from pydantic import BaseModel
 from sse_starlette import EventSourceResponse
 
 from chatserver.errors import BadRequest, ChatServerError, ErrorCode
+from chatserver.events import Broker
 from chatserver.store import StoredEvent
 from chatserver.types import ErrorEvent, SessionSupersededEvent, dump_json
 
@@ -82,6 +84,8 @@ class OpenStream:
         # answer to a POST is not a tab and is never superseded.
         self.is_tab = is_tab
         self.takes_over = takes_over
+        # Wall-clock time, comparable across instances: the newest tab of a session wins.
+        self.opened_at = time.time()
         self.shutdown = anyio.Event()
         self._registry = registry
         self._source = source
@@ -163,14 +167,28 @@ class SessionKey(NamedTuple):
     user_id: str
     session_id: str
 
+    @property
+    def wire(self) -> str:
+        """The key as one string for the broker (a session id never holds a "/")."""
+        return f"{self.session_id}/{self.user_id}"
+
+    @classmethod
+    def from_wire(cls, wire: str) -> SessionKey:
+        session_id, _, user_id = wire.partition("/")
+        return cls(user_id, session_id)
+
 
 class StreamRegistry:
-    """The app's open streams, by session: bounded by what is open, entries leave on close."""
+    """The app's open streams, by session: bounded by what is open, entries leave on close.
+    A tab that takes its session over (`active_tab_wins`) supersedes the session's older tab
+    streams on every instance, through the broker."""
 
-    def __init__(self) -> None:
+    def __init__(self, broker: Broker) -> None:
         self.closing = False
         self._open: dict[OpenStream, None] = {}
         self._by_session: dict[SessionKey, dict[OpenStream, None]] = {}
+        self._broker = broker
+        self._unregister = broker.on_supersede_tabs(self._supersede)
 
     def open(
         self,
@@ -186,16 +204,18 @@ class StreamRegistry:
         if self.closing:
             stream.end()
             return
-        if stream.takes_over and stream.session is not None:
-            farewell = encode_unnumbered(
-                SessionSupersededEvent(session_id=stream.session.session_id)
-            )
-            for older in list(self._by_session.get(stream.session, ())):
-                if older.is_tab:
-                    older.end(farewell)
         self._open[stream] = None
         if stream.session is not None:
             self._by_session.setdefault(stream.session, {})[stream] = None
+            if stream.takes_over:
+                self._broker.supersede_tabs(stream.session.wire, stream.opened_at)
+
+    def _supersede(self, session: str, opened_at: float) -> None:
+        key = SessionKey.from_wire(session)
+        farewell = encode_unnumbered(SessionSupersededEvent(session_id=key.session_id))
+        for older in list(self._by_session.get(key, ())):
+            if older.is_tab and older.opened_at < opened_at:
+                older.end(farewell)
 
     def discard(self, stream: OpenStream) -> None:
         self._open.pop(stream, None)
@@ -209,7 +229,9 @@ class StreamRegistry:
 
     def close_all(self) -> None:
         """Shutdown: end every open stream now and refuse new ones."""
-        self.closing = True
+        if not self.closing:
+            self.closing = True
+            self._unregister()
         for stream in list(self._open):
             stream.end()
 

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequen
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any, Literal, ParamSpec, TypeVar
 
+import psycopg
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlmodel import SQLModel
@@ -102,6 +103,25 @@ class Database:
         if self._reader is not self._writer:
             await self._reader.dispose()
 
+    async def dedicated_connection(self, purpose: str) -> psycopg.AsyncConnection[Any]:
+        """A PostgreSQL connection of its own, outside the pool, in autocommit: for what
+        lives as long as a connection (LISTEN, a session-level advisory lock). TCP
+        keepalives make a peer that vanished without closing it an error, not a hang."""
+        if self.backend != "postgresql":
+            raise RuntimeError("dedicated connections are PostgreSQL's")
+        url = sa.make_url(self.url).set(drivername="postgresql")
+        with _unavailable_when_unreachable():
+            return await psycopg.AsyncConnection.connect(
+                url.render_as_string(hide_password=False),
+                autocommit=True,
+                application_name=purpose[:63],
+                keepalives=1,
+                keepalives_idle=10,
+                keepalives_interval=5,
+                keepalives_count=3,
+                connect_timeout=10,
+            )
+
     async def ping(self) -> None:
         async with self._reader.connect() as conn:
             await conn.execute(sa.text("SELECT 1"))
@@ -176,7 +196,7 @@ def _unavailable_when_unreachable() -> Iterator[None]:
     own error. Anything else the database refuses (a constraint, bad data) stays as it is."""
     try:
         yield
-    except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+    except (sa.exc.OperationalError, sa.exc.InterfaceError, psycopg.OperationalError) as exc:
         raise ServiceUnavailable("the database is unavailable; retry shortly") from exc
     except sa.exc.DBAPIError as exc:
         if exc.connection_invalidated:

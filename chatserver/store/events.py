@@ -8,8 +8,9 @@ plain tuples from the driver on both.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -25,7 +26,19 @@ from chatserver.store.items import apply_item_changes
 from chatserver.store.values import ItemChange, NewEvent, RunEnd, StoredEvent
 
 
+@dataclass(frozen=True, slots=True)
+class AppendNotice:
+    """Sent by every append, in its transaction, while a broker shared by instances listens
+    (PostgreSQL NOTIFY): the other processes learn of the new rows as they become visible."""
+
+    channel: str
+    # The payload for (thread_id, last seq appended).
+    payload: Callable[[str, int], str]
+
+
 class EventStore(Database):
+    append_notice: AppendNotice | None = None
+
     @whole
     async def append_events(
         self,
@@ -49,6 +62,9 @@ class EventStore(Database):
                 if first_seq is None:
                     first_seq = await _max_seq(conn, thread_id) + 1
                 await self._insert_events(conn, thread_id, first_seq, new_events, created_at)
+                if self.append_notice is not None:
+                    last_seq = first_seq + len(new_events) - 1
+                    await _notify(conn, self.append_notice, thread_id, last_seq)
             if item_changes:
                 await apply_item_changes(conn, self.backend, item_changes)
             if run_end is not None:
@@ -188,6 +204,7 @@ _PG_SELECT_EVENTS = (
     " WHERE thread_id = %s AND seq > %s ORDER BY seq LIMIT %s"
 )
 _SQLITE_SELECT_EVENTS = _PG_SELECT_EVENTS.replace("%s", "?")
+_PG_NOTIFY = "SELECT pg_notify(%s, %s)"
 
 
 async def insert_events_core(
@@ -235,6 +252,14 @@ async def _insert_events_postgresql(
     with _as_sqlalchemy_error(_PG_INSERT_EVENTS, psycopg.Error):
         async with driver.cursor() as cursor:
             await cursor.execute(_PG_INSERT_EVENTS, params)
+
+
+async def _notify(
+    conn: AsyncConnection, notice: AppendNotice, thread_id: str, last_seq: int
+) -> None:
+    driver = await _psycopg(conn)
+    with _as_sqlalchemy_error(_PG_NOTIFY, psycopg.Error):
+        await driver.execute(_PG_NOTIFY, (notice.channel, notice.payload(thread_id, last_seq)))
 
 
 async def _select_events_postgresql(

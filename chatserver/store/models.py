@@ -214,6 +214,21 @@ class SecretRow(SQLModel, table=True):
     created_at: datetime = _utc_column()
 
 
+class InstanceRow(SQLModel, table=True):
+    """A server process sharing the database: who owns runs, and whether it is still there."""
+
+    __tablename__ = "instances"
+
+    id: str = Field(primary_key=True, max_length=80)
+    host: str = Field(max_length=255)
+    pid: int
+    started_at: datetime = _utc_column()
+    # Renewed with the leases of its runs.
+    heartbeat_at: datetime = _utc_column()
+    # Set when it shut down cleanly: whatever it still owns has no owner.
+    stopped_at: datetime | None = _utc_column(nullable=True)
+
+
 def table(model: type[SQLModel]) -> sa.Table:
     result = model.__table__  # type: ignore[attr-defined]
     assert isinstance(result, sa.Table)
@@ -226,4 +241,5 @@ items = table(ItemRow)
 events = table(EventRow)
 runs = table(RunRow)
 server_secrets = table(SecretRow)
-ALL_TABLES = (sessions, threads, items, events, runs, server_secrets)
+instances = table(InstanceRow)
+ALL_TABLES = (sessions, threads, items, events, runs, server_secrets, instances)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from chatserver.store.analytics import AnalyticsStore
 from chatserver.store.events import EventStore
+from chatserver.store.instances import InstanceStore
 from chatserver.store.items import ItemStore
 from chatserver.store.lifecycle import LifecycleStore
 from chatserver.store.runs import RunStore
@@ -21,9 +22,10 @@ class Store(
     ItemStore,
     EventStore,
     RunStore,
+    InstanceStore,
     LifecycleStore,
     AnalyticsStore,
 ):
-    """Sessions, threads, items, the event log and runs in one database, with the background
-    duties' batches and the analytics over them; the URL picks the backend
+    """Sessions, threads, items, the event log, runs and instances in one database, with the
+    background duties' batches and the analytics over them; the URL picks the backend
     (`sqlite+aiosqlite://...` or `postgresql+psycopg://...`)."""

@@ -20,7 +20,15 @@ from chatserver.store import Store, migrations, models
 from chatserver.store.models import ThreadRow
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
-MODEL_TABLES = {"sessions", "threads", "items", "events", "runs", "server_secrets"}
+MODEL_TABLES = {
+    "sessions",
+    "threads",
+    "items",
+    "events",
+    "runs",
+    "server_secrets",
+    "instances",
+}
 
 
 def sync_url(url: str) -> sa.URL:
