@@ -277,7 +277,9 @@ async def test_two_turns_sent_to_two_instances_at_once_with_queue_both_run_one_a
     spans = {run_id: [n for n, e in enumerate(log) if _run_of(e) == run_id] for run_id in runs}
     first, second = sorted(spans.values(), key=min)
     assert max(first) < min(second)
-    assert [e.seq for e in log] == list(range(1, len(log) + 1))
+    # In order; the earlier turns' deltas were compacted away once a later turn ended.
+    seqs = [e.seq for e in log]
+    assert seqs == sorted(set(seqs))
 
 
 async def test_a_turn_sent_to_one_instance_with_interrupt_stops_the_turn_running_on_another(
@@ -300,7 +302,9 @@ async def test_a_turn_sent_to_one_instance_with_interrupt_stops_the_turn_running
     ends = [n for n, e in enumerate(log) if e.type == "run.cancelled"]
     starts = [n for n, e in enumerate(log) if e.type == "run.started"]
     assert len(ends) == 1 and len(starts) == 2 and starts[1] > ends[0]
-    assert [e.seq for e in log] == list(range(1, len(log) + 1))
+    # In order; the interrupted turn's deltas were compacted away once the next one ended.
+    seqs = [e.seq for e in log]
+    assert seqs == sorted(set(seqs))
 
 
 def _run_of(event: Event) -> str | None:
